@@ -1,0 +1,39 @@
+# The few commands a newcomer needs. `make test` and `make serve` set up .venv first (idempotent).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned to the CPU wheel used on CI machines; a bare `torch` would pull a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup test test-slow lint serve bench tiny-model clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[train,export,serve,dev]" "$(TORCH_PIN)"
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy rsd service
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest -q
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+serve: setup
+	$(BIN)/rsd serve
+
+bench: setup
+	$(BIN)/python bench/core_bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

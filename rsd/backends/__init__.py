@@ -1,0 +1,54 @@
+"""Backends that run the one-step graph: `load_upscaler(dir, kind)` is an explicit match, not a
+registry (architecture.md invariant 4). onnxruntime and TensorRT are imported inside their modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from rsd.backends.base import Upscaler
+
+BackendKind = Literal["torch", "onnxruntime", "tensorrt"]
+DType = Literal["fp32", "fp16", "bf16"]
+
+__all__ = ["BackendKind", "DType", "Upscaler", "load_upscaler"]
+
+
+def load_upscaler(
+    model_dir: str | Path,
+    kind: BackendKind = "torch",
+    device: str = "cpu",
+    dtype: DType = "fp32",
+    tile: int | None = None,
+) -> Upscaler:
+    """Build the Upscaler of `kind` for an artifact directory (`tile` picks an exported engine)."""
+    match kind:
+        case "torch":
+            from rsd.backends.torch_backend import TorchUpscaler
+
+            return TorchUpscaler(model_dir, device=device, dtype=dtype)
+        case "onnxruntime":
+            from rsd.backends.onnxruntime_backend import OnnxRuntimeUpscaler
+
+            if dtype == "bf16":
+                raise ValueError("the onnxruntime backend runs fp32 or fp16 exports, not bf16")
+            provider, device_id = _cuda_or_cpu(device)
+            return OnnxRuntimeUpscaler(model_dir, tile=tile, provider=provider, dtype=dtype, device_id=device_id)
+        case "tensorrt":
+            from rsd.backends.tensorrt_backend import TensorRTUpscaler
+
+            if _cuda_or_cpu(device)[0] != "cuda":
+                raise ValueError(f"the tensorrt backend runs on a CUDA device, not {device!r}")
+            return TensorRTUpscaler(model_dir, tile=tile, device=device, precision=(dtype,))
+        case _:
+            raise ValueError(f"unknown or unavailable backend {kind!r}; choose torch, onnxruntime or tensorrt")
+
+
+def _cuda_or_cpu(device: str) -> tuple[Literal["cpu", "cuda"], int]:
+    """ "cpu" -> ("cpu", 0); "cuda" / "cuda:N" -> ("cuda", N); anything else is an error."""
+    if device == "cpu":
+        return "cpu", 0
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not (index == "" or index.isdigit()):
+        raise ValueError(f"device {device!r} is not 'cpu', 'cuda' or 'cuda:N'")
+    return "cuda", int(index or 0)

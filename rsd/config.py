@@ -1,0 +1,149 @@
+"""Typed configurations of the nets and the schedule (pydantic, torch-free).
+
+Field names are the reference config names (method.md 2.1, 3, 1.3) so that a reference YAML/JSON
+section validates as-is. Unknown keys are errors (`extra="forbid"`). This module imports no torch so
+that the light API process can read an artifact's `spec.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UNetConfig(_Strict):
+    """UNetModelSwin hyper-parameters (method.md 2.1).
+
+    Two reference spellings give the same network: ResShift HEAD (`in_channels: 3, lq_size: 64`,
+    lq channels added by the net) and SinSR/RSD.yaml (`in_channels: 6`, no `lq_size`). `noise_channels`
+    > 0 is the RSD student (method.md 4.2): extra first-conv input channels appended last.
+    """
+
+    image_size: int = 64
+    in_channels: int = 6
+    model_channels: int = 160
+    out_channels: int = 3
+    num_res_blocks: list[int] | int = Field(default_factory=lambda: [2, 2, 2, 2])
+    attention_resolutions: list[int] = Field(default_factory=lambda: [64, 32, 16, 8])
+    dropout: float = 0.0
+    channel_mult: list[int] = Field(default_factory=lambda: [1, 2, 2, 4])
+    conv_resample: bool = True
+    dims: Literal[2] = 2
+    use_fp16: bool = False
+    num_head_channels: int = 32
+    use_scale_shift_norm: Literal[True] = True
+    resblock_updown: Literal[False] = False
+    swin_depth: int = 2
+    swin_embed_dim: int = 192
+    window_size: int = 8
+    mlp_ratio: float = 4.0
+    patch_norm: Literal[False] = False
+    cond_lq: Literal[True] = True
+    lq_size: int | None = None
+    noise_channels: int = Field(default=0, ge=0)
+
+    @property
+    def lq_channels(self) -> int:
+        """Channels of the raw LR image concatenated after the scaled latent (method.md 1.5)."""
+        return 3
+
+    @property
+    def first_conv_in_channels(self) -> int:
+        """Input channels of `input_blocks.0.0`: latent + lq (+ student noise)."""
+        base = self.in_channels + (self.lq_channels if self.lq_size is not None else 0)
+        return base + self.noise_channels
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the noisy latent x_t (the first part of the first-conv input)."""
+        return self.first_conv_in_channels - self.lq_channels - self.noise_channels
+
+    @property
+    def size_multiple(self) -> int:
+        """Latent H and W must be multiples of this (downsamples x bottleneck window; method.md 2.4)."""
+        return 2 ** (len(self.channel_mult) - 1) * self.window_size
+
+    @property
+    def res_blocks_per_level(self) -> list[int]:
+        if isinstance(self.num_res_blocks, int):
+            return [self.num_res_blocks] * len(self.channel_mult)
+        return list(self.num_res_blocks)
+
+    @model_validator(mode="after")
+    def _check(self) -> UNetConfig:
+        if len(self.res_blocks_per_level) != len(self.channel_mult):
+            raise ValueError(
+                f"num_res_blocks {self.num_res_blocks} must have one entry per channel_mult level "
+                f"({len(self.channel_mult)})"
+            )
+        if self.swin_embed_dim % self.num_head_channels:
+            raise ValueError(
+                f"swin_embed_dim {self.swin_embed_dim} is not a multiple of num_head_channels {self.num_head_channels}"
+            )
+        if self.latent_channels != self.out_channels:
+            raise ValueError(
+                f"latent channels {self.latent_channels} (from in_channels={self.in_channels}, "
+                f"lq_size={self.lq_size}) differ from out_channels {self.out_channels}"
+            )
+        return self
+
+    def with_noise_channels(self, noise_channels: int) -> UNetConfig:
+        return self.model_copy(update={"noise_channels": noise_channels})
+
+
+class DDConfig(_Strict):
+    """Encoder/decoder layout of the VQ autoencoder (method.md 3)."""
+
+    double_z: Literal[False] = False
+    z_channels: int = 3
+    resolution: int = 256
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: list[int] = Field(default_factory=lambda: [1, 2, 4])
+    num_res_blocks: int = 2
+    attn_resolutions: list[int] = Field(default_factory=list)
+    dropout: float = 0.0
+    # Accepted for config compatibility; the reference swallows it too (method.md 3).
+    padding_mode: str = "zeros"
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+class VQConfig(_Strict):
+    """VQModelTorch: `embed_dim` latent channels, `n_embed` codebook entries (method.md 3)."""
+
+    embed_dim: int = 3
+    n_embed: int = 8192
+    ddconfig: DDConfig = Field(default_factory=DDConfig)
+
+    @property
+    def downsample_factor(self) -> int:
+        return self.ddconfig.downsample_factor
+
+
+class ScheduleConfig(_Strict):
+    """ResShift exponential schedule (method.md 1.3). Official x4 values are the defaults."""
+
+    schedule_name: Literal["exponential"] = "exponential"
+    steps: int = Field(default=15, ge=2)
+    kappa: float = Field(default=2.0, gt=0)
+    power: float = Field(default=0.3, gt=0)
+    min_noise_level: float = Field(default=0.04, gt=0)
+    etas_end: float = Field(default=0.99, gt=0, lt=1)
+    normalize_input: bool = True
+    latent_flag: bool = True
+
+    def digest(self) -> str:
+        """Stable hash of the schedule: exported engines carry it and are refused on mismatch."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]

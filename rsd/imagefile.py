@@ -1,0 +1,431 @@
+"""Image files in and out, with the hygiene the service promises (serving.md "Image hygiene").
+
+One module for the CLI and the HTTP service; numpy + Pillow only (the API process must stay light).
+Reading caps the bytes, checks the pixel caps from the header before decoding, refuses animations,
+decodes fully (truncation is an error), applies the EXIF orientation, keeps a fitting ICC profile and
+reduces every mode to RGB uint8 (what the model sees) + alpha + mode family ("L" or "RGB"). Writing
+converts the model's RGB output back to that family, re-attaches the separately resampled alpha,
+embeds the profile and replaces files atomically. Bad input raises `ImageError` whose `code` the
+service maps: empty/undecodable -> 400, unsupported -> 415, too_large -> 413 (serving.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+ErrorCode = Literal["empty", "undecodable", "unsupported", "too_large"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+ModeFamily = Literal["L", "RGB"]
+
+#: formats accepted as input (Pillow format names); MPO is how Pillow names a JPEG carrying extra
+#: pictures (camera depth maps, previews): it is a JPEG and its primary picture is used.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+#: formats with a reliable signature that we recognise only to answer "unsupported" (415) rather than
+#: "undecodable" (400). Weak-signature plugins (TGA, SPIDER, ...) are left out so that random bytes
+#: are not misnamed.
+_RECOGNISED_UNSUPPORTED = (
+    "AVIF", "BLP", "DCX", "DDS", "EPS", "FITS", "FLI", "ICNS", "ICO", "JPEG2000", "PPM", "PSD", "QOI",
+    "SGI", "SUN", "WMF", "XBM", "XPM",
+)  # fmt: skip
+
+#: Pillow's decompression-bomb guard, set explicitly: Pillow warns above this many pixels and raises
+#: above twice as many. Our own header check (ImageLimits) is the authoritative limit and may not exceed
+#: it, so the guard only ever fires on images we reject anyway; it is a backstop for code paths
+#: (frame seeks) that run before our check.
+PILLOW_MAX_IMAGE_PIXELS = 8192 * 8192
+Image.MAX_IMAGE_PIXELS = PILLOW_MAX_IMAGE_PIXELS
+# Truncated files must fail to decode, not come back padded (read_image refuses to run otherwise).
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_SUFFIX_FORMATS: dict[str, OutputFormat] = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+class ImageError(ValueError):
+    """Bad input image. `code` names the kind of problem; the message is one line saying what is wrong."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Size caps checked before decoding.
+
+    max_bytes: encoded size. max_input_pixels: H*W of the input. max_output_pixels: H*W*scale**2 of
+    the x`scale` output (the output is 16x the input area at x4, so this is usually the binding cap:
+    the defaults admit at most a 2048x2048 input, 8192x8192 out).
+    """
+
+    max_bytes: int = 20 * 1024 * 1024
+    max_input_pixels: int = 4096 * 4096
+    max_output_pixels: int = 8192 * 8192
+    scale: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_input_pixels", "max_output_pixels", "scale"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ImageLimits.{name} must be a positive int, got {value!r}")
+        if self.max_input_pixels > PILLOW_MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"ImageLimits.max_input_pixels={self.max_input_pixels} exceeds the decoder's bomb guard "
+                f"PILLOW_MAX_IMAGE_PIXELS={PILLOW_MAX_IMAGE_PIXELS}"
+            )
+
+
+@dataclass
+class DecodedImage:
+    """A decoded, oriented input image.
+
+    rgb: (H, W, 3) uint8, what the model sees (grayscale replicated to 3 channels, method.md 5.1 step 1).
+    alpha: (H, W) uint8 or None. mode_family: "L" (grayscale in, grayscale out) or "RGB".
+    icc_profile: the source profile when its colour space matches the family, else None.
+    source_format / source_mode: Pillow's names for the file ("PNG", "I;16", ...).
+    bit_depth: 16 when the source stored more than 8 bits per sample (reduced to 8 bits here), else 8.
+    """
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None
+    mode_family: ModeFamily
+    icc_profile: bytes | None
+    source_format: str
+    source_mode: str
+    bit_depth: Literal[8, 16]
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+def read_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
+    """Decode encoded image bytes into a `DecodedImage`, or raise `ImageError`.
+
+    Modes: 1/L -> L; I;16*/I (16-bit) -> L, reduced to 8 bits by keeping the high byte (`v >> 8`), the
+    same reduction Pillow applies to 16-bit RGB(A) PNGs, so a 16-bit image reads the same whatever its
+    channel count (the model is an 8-bit model; finer levels would be lost at its input anyway); I values
+    outside 0..65535 are clipped; F (float) is read as intensity in [0, 1] and rounded to 8 bits.
+    LA/La -> L + alpha; P/PA -> RGB, + alpha when the palette has transparency; RGBA/RGBa -> RGB +
+    alpha; a tRNS colour key on L/RGB -> alpha; CMYK -> RGB (through its ICC profile when present, which is
+    then dropped: the result is sRGB); YCbCr/LAB/HSV/RGBX -> RGB.
+    """
+    limits = limits or ImageLimits()
+    if not data:
+        raise ImageError("empty", "the image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise ImageError(
+            "too_large", f"the image has {len(data)} bytes, above the limit of {limits.max_bytes}"
+        )
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone in this process switched Pillow to accept truncated files: a programming error.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; rsd.imagefile requires False")
+    # Escalate Pillow's bomb warning to an error for the open/decode below. catch_warnings swaps the
+    # process-wide filter list; concurrent use can at worst leave this one escalation installed.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = _open(data)
+        try:
+            _check_header(image, limits)
+            return _decode(image, data)
+        finally:
+            image.close()
+
+
+def read_image_file(path: str | os.PathLike[str], limits: ImageLimits | None = None) -> DecodedImage:
+    """Read and decode an image file; the byte cap is checked on the file size before reading."""
+    limits = limits or ImageLimits()
+    size = os.stat(path).st_size
+    if size > limits.max_bytes:
+        raise ImageError(
+            "too_large", f"{os.fspath(path)} has {size} bytes, above the limit of {limits.max_bytes}"
+        )
+    with open(path, "rb") as file:
+        data = file.read(limits.max_bytes + 1)  # the file may have grown since stat
+    return read_image(data, limits)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _decode_error(exc: Exception) -> Exception:
+    """The ImageError for an exception Pillow raised while reading; MemoryError stays itself."""
+    if isinstance(exc, MemoryError):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return ImageError("too_large", f"the image is too large to decode ({_one_line(exc)})")
+    return ImageError("undecodable", f"the image data cannot be decoded ({_one_line(exc)})")
+
+
+def _open(data: bytes) -> Image.Image:
+    """Parse the header only (Pillow opens lazily); map failures to ImageError."""
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError("too_large", f"the image is too large to decode ({_one_line(exc)})") from exc
+    except Exception as exc:
+        other = _identify_unsupported(data)
+        if other is not None:
+            raise ImageError(
+                "unsupported", f"{other} images are not supported; send PNG, JPEG, WEBP, GIF, BMP or TIFF"
+            ) from exc
+        if isinstance(exc, Image.UnidentifiedImageError):
+            message = "the data is not a readable PNG, JPEG, WEBP, GIF, BMP or TIFF image"
+        else:
+            message = f"the image header cannot be read ({_one_line(exc)})"
+        raise ImageError("undecodable", message) from exc
+
+
+def _identify_unsupported(data: bytes) -> str | None:
+    """Name of a recognised but unsupported format, or None."""
+    if data[4:8] == b"ftyp":  # ISO base media container: HEIC/HEIF/AVIF photos
+        return f"HEIF/AVIF (brand {data[8:12].decode('ascii', 'replace').strip()!r})"
+    Image.init()
+    formats = [name for name in _RECOGNISED_UNSUPPORTED if name in Image.OPEN]
+    try:
+        with Image.open(io.BytesIO(data), formats=formats) as image:
+            return str(image.format)
+    except Exception:  # anything unreadable is simply not recognised
+        return None
+
+
+def _check_header(image: Image.Image, limits: ImageLimits) -> None:
+    """Pixel caps, then frame count, from the header (no pixel data decoded yet)."""
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError("undecodable", f"the image header declares an empty size {width}x{height}")
+    pixels = width * height
+    if pixels > limits.max_input_pixels:
+        raise ImageError(
+            "too_large",
+            f"the image is {width}x{height} = {pixels} pixels, "
+            f"above the input limit of {limits.max_input_pixels}",
+        )
+    out_pixels = pixels * limits.scale**2
+    if out_pixels > limits.max_output_pixels:
+        raise ImageError(
+            "too_large",
+            f"the x{limits.scale} output of a {width}x{height} image would have {out_pixels} pixels, "
+            f"above the output limit of {limits.max_output_pixels}",
+        )
+    try:  # MPO extra frames are previews/depth maps of the same shot, not an animation
+        animated = image.format != "MPO" and bool(getattr(image, "is_animated", False))
+    except Exception as exc:  # finding frame 2 reads past the first frame: any corruption shows here
+        raise _decode_error(exc) from exc
+    if animated:
+        raise ImageError(
+            "unsupported",
+            f"animated or multi-frame {image.format} images are not supported; send a single frame",
+        )
+
+
+def _decode(image: Image.Image, data: bytes) -> DecodedImage:
+    """Full decode (truncation is an error), orientation, then reduction to RGB + alpha."""
+    icc = image.info.get("icc_profile") or None
+    try:
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+    except Exception as exc:  # truncated or corrupt data of every kind; never a 500 for bad input
+        raise _decode_error(exc) from exc
+    source_mode = image.mode
+    rgb, alpha, family, icc = _reduce_mode(oriented, icc)
+    return DecodedImage(
+        rgb=rgb,
+        alpha=alpha,
+        mode_family=family,
+        icc_profile=_icc_for(icc, family),
+        source_format=str(image.format),
+        source_mode=source_mode,
+        bit_depth=_bit_depth(image, data),
+    )
+
+
+def _reduce_mode(
+    image: Image.Image, icc: bytes | None
+) -> tuple[np.ndarray, np.ndarray | None, ModeFamily, bytes | None]:
+    """(rgb (H,W,3) u8, alpha (H,W) u8 | None, family, icc) for every mode Pillow yields; see read_image."""
+    mode = image.mode
+    transparent = image.has_transparency_data
+    if mode in ("1", "L") and not transparent:
+        return _gray(np.asarray(image.convert("L")), None, icc)
+    if mode in ("1", "L", "LA", "La"):
+        la = np.asarray(image.convert("LA"))
+        return _gray(la[..., 0], la[..., 1], icc)
+    if mode.startswith("I;16") or mode == "I":
+        samples = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        return _gray((samples >> 8).astype(np.uint8), None, icc)
+    if mode == "F":
+        intensity = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
+        return _gray(np.round(intensity * 255.0).astype(np.uint8), None, icc)
+    if mode == "CMYK":
+        return np.asarray(_cmyk_to_rgb(image, icc)), None, "RGB", None
+    if mode in ("RGBA", "RGBa", "PA") or (mode in ("P", "RGB") and transparent):
+        rgba = np.asarray(image.convert("RGBA"))
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), "RGB", icc
+    if mode in ("P", "RGB", "RGBX", "YCbCr", "LAB", "HSV"):
+        return np.asarray(image.convert("RGB")), None, "RGB", icc
+    raise ImageError("unsupported", f"image mode {mode!r} is not supported")
+
+
+def _gray(
+    gray: np.ndarray, alpha: np.ndarray | None, icc: bytes | None
+) -> tuple[np.ndarray, np.ndarray | None, ModeFamily, bytes | None]:
+    rgb = np.repeat(gray[..., None], 3, axis=2)  # method.md 5.1 step 1: gray replicated to 3 channels
+    return rgb, None if alpha is None else np.ascontiguousarray(alpha), "L", icc
+
+
+def _cmyk_to_rgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """Through the embedded CMYK profile to sRGB when possible (print CMYK differs a lot from the naive
+    formula), else Pillow's naive conversion."""
+    if icc is not None and icc[16:20] == b"CMYK":
+        try:
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            converted = ImageCms.profileToProfile(
+                image, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
+            )
+            if converted is not None:
+                return converted
+        except Exception:  # no littlecms or a broken profile: fall back to the naive formula
+            pass
+    return image.convert("RGB")
+
+
+def _icc_for(icc: bytes | None, family: ModeFamily) -> bytes | None:
+    """Keep a profile only if its colour space (ICC header bytes 16..20) is the output's."""
+    if icc is None:
+        return None
+    expected = b"GRAY" if family == "L" else b"RGB "
+    return icc if icc[16:20] == expected else None
+
+
+def _bit_depth(image: Image.Image, data: bytes) -> Literal[8, 16]:
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return 16
+    if image.format == "PNG" and data[12:16] == b"IHDR":
+        return 16 if data[24] > 8 else 8  # IHDR bit depth byte
+    if image.format == "TIFF":
+        bits = getattr(image, "tag_v2", {}).get(258, 8)  # BitsPerSample
+        bits = max(bits) if isinstance(bits, tuple) else bits
+        return 16 if int(bits) > 8 else 8
+    return 8
+
+
+def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """alpha: (H, W) uint8 -> (scale*H, scale*W) uint8, Pillow BICUBIC.
+
+    Bicubic rather than Lanczos: it rings less at hard mask edges (cut-outs, text), and it is the same
+    family of kernel as the model's own x4 conditioning path (method.md 5.1 step 4), so the mask edges
+    sit where the upscaled content's edges do. Pillow's resize is pixel-centre aligned, like the model.
+    """
+    if alpha.ndim != 2 or alpha.dtype != np.uint8:
+        raise ValueError(f"alpha must be (H, W) uint8, got {alpha.shape} {alpha.dtype}")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive int, got {scale!r}")
+    height, width = alpha.shape
+    plane = Image.fromarray(np.ascontiguousarray(alpha))
+    return np.asarray(plane.resize((width * scale, height * scale), Image.Resampling.BICUBIC))
+
+
+def encode_image(
+    sr_rgb: np.ndarray, source: DecodedImage, fmt: OutputFormat = "png", quality: int = 95
+) -> bytes:
+    """Encode the model output in the source's mode family, with its alpha and ICC profile.
+
+    sr_rgb: (s*H, s*W, 3) uint8, an integer multiple s of the source size. Grayscale sources come back
+    as L/LA (Pillow's ITU-R 601-2 luma of the output); RGB-family sources as RGB/RGBA. Alpha is the
+    source alpha resampled (`upscale_alpha`); JPEG has no alpha, so the image is composited over white
+    (transparent areas read as white, like most viewers show them). WebP has no gray mode: Pillow stores
+    L as RGB with equal channels. EXIF is not copied (the orientation is already applied). `quality`
+    (1..100) applies to JPEG and WebP; PNG is lossless.
+    """
+    if fmt not in ("png", "jpeg", "webp"):
+        raise ValueError(f"fmt must be one of 'png', 'jpeg', 'webp', got {fmt!r}")
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be an int in 1..100, got {quality!r}")
+    if sr_rgb.ndim != 3 or sr_rgb.shape[2] != 3 or sr_rgb.dtype != np.uint8:
+        raise ValueError(f"sr_rgb must be (H, W, 3) uint8, got {sr_rgb.shape} {sr_rgb.dtype}")
+    height, width = source.height, source.width
+    scale = sr_rgb.shape[0] // height
+    if scale < 1 or sr_rgb.shape[:2] != (scale * height, scale * width):
+        raise ValueError(
+            f"sr_rgb size {sr_rgb.shape[:2]} is not an integer multiple of the source {height}x{width}"
+        )
+    alpha = None if source.alpha is None else upscale_alpha(source.alpha, scale)
+    if fmt == "jpeg" and alpha is not None:
+        a = alpha[..., None].astype(np.uint32)
+        composited = (sr_rgb.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255  # over white
+        sr_rgb, alpha = composited.astype(np.uint8), None
+    image = Image.fromarray(np.ascontiguousarray(sr_rgb))
+    if source.mode_family == "L":
+        image = image.convert("L")
+    if alpha is not None:
+        image.putalpha(Image.fromarray(alpha))
+    options: dict[str, object] = {}
+    if source.icc_profile is not None:
+        options["icc_profile"] = source.icc_profile
+    buffer = io.BytesIO()
+    if fmt == "png":
+        image.save(buffer, "PNG", compress_level=6, **options)
+    elif fmt == "jpeg":
+        image.save(buffer, "JPEG", quality=quality, **options)
+    else:
+        image.save(buffer, "WEBP", quality=quality, **options)
+    return buffer.getvalue()
+
+
+def format_from_suffix(path: str | os.PathLike[str]) -> OutputFormat:
+    """'png' | 'jpeg' | 'webp' from the file suffix (case-insensitive)."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _SUFFIX_FORMATS:
+        raise ValueError(
+            f"cannot write {os.fspath(path)!r}: suffix {suffix or '(none)'!r} is not one of "
+            f"{', '.join(_SUFFIX_FORMATS)}"
+        )
+    return _SUFFIX_FORMATS[suffix]
+
+
+def write_image_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write bytes atomically: temp file in the same folder, fsync, os.replace; nothing partial remains.
+
+    The result has the permissions a plain open() would give: an existing file's mode, else 0o666
+    less the umask (applied by the kernel at creation).
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise IsADirectoryError(f"cannot write an image over the directory {os.fspath(target)!r}")
+    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        if target.exists():
+            os.chmod(temp, target.stat().st_mode & 0o7777)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    with contextlib.suppress(OSError):  # make the rename durable (POSIX); best effort elsewhere
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)

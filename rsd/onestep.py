@@ -1,0 +1,93 @@
+"""OneStepSR: THE graph every backend runs (architecture.md invariant 2; method.md 5.1).
+
+    lq (N,3,h,w) -> bicubic x4 -> VQ encode -> z_y -> prior x_T = z_y + kappa*sqrt(eta_T)*eps
+    -> student x0 = G(x_T / s_T, t=T-1, lq, xi) -> VQ decode (quantizes) -> clamp -> sr (N,3,4h,4w)
+
+Randomness is an explicit input (`noise`), drawn on the host from a seed, so the same seed gives the
+same image on torch, onnxruntime and TensorRT.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rsd.artifact import load_artifact, load_state_strict
+from rsd.denoiser import Denoiser
+from rsd.nets.unet import UNetModelSwin
+from rsd.nets.vqgan import VQModelTorch
+from rsd.schedule import Schedule
+from rsd.spec import ArtifactError, ModelSpec
+
+
+def bicubic_x4(lq: torch.Tensor) -> torch.Tensor:
+    """Reference LR upsampling (method.md 1.5): torch bicubic, a=-0.75, align_corners=False,
+    no antialias, no clamping of overshoot."""
+    return F.interpolate(lq, scale_factor=4, mode="bicubic", align_corners=False)
+
+
+class OneStepSR(nn.Module):
+    """One-step x4 super-resolution. Build it with `OneStepSR.from_artifact(dir)` only."""
+
+    def __init__(self, spec: ModelSpec, student: UNetModelSwin, autoencoder: VQModelTorch) -> None:
+        super().__init__()
+        self.spec = spec
+        self.schedule = Schedule(spec.schedule)
+        self.denoiser = Denoiser(student, self.schedule)
+        self.autoencoder = autoencoder
+
+    @classmethod
+    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> OneStepSR:
+        """Strictly load an artifact directory (spec.json + weights.safetensors), eval mode."""
+        spec, states = load_artifact(model_dir)
+        with torch.device("meta"):
+            student = UNetModelSwin(spec.student)
+            autoencoder = VQModelTorch(spec.autoencoder)
+        student = student.to_empty(device=device)
+        autoencoder = autoencoder.to_empty(device=device)
+        load_state_strict(student, states["student"], "student")
+        load_state_strict(autoencoder, states["autoencoder"], "autoencoder")
+        return cls(spec, student, autoencoder).eval()
+
+    @property
+    def noise_channels(self) -> int:
+        """Channels of the `noise` input: 3 prior-noise channels + the student's noise channels."""
+        return self.spec.student.out_channels + self.spec.noise_channels
+
+    def check_input(self, lq: torch.Tensor, noise: torch.Tensor) -> None:
+        n, c, h, w = lq.shape
+        m = self.spec.lr_multiple
+        if c != 3 or h % m or w % m:
+            raise ValueError(f"lq must be (N, 3, h, w) with h, w multiples of {m}; got {tuple(lq.shape)}")
+        if tuple(noise.shape) != (n, self.noise_channels, h, w):
+            raise ValueError(
+                f"noise must be {(n, self.noise_channels, h, w)} for lq {tuple(lq.shape)}; got {tuple(noise.shape)}"
+            )
+
+    def encode_lq(self, lq: torch.Tensor) -> torch.Tensor:
+        """z_y = E(bicubic_x4(lq)), no quantisation (method.md 1.5). (N,3,h,w) -> (N,3,h,w) latent."""
+        return self.autoencoder.encode(bicubic_x4(lq))
+
+    def forward(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """lq: (N, 3, h, w) float in [-1, 1]; noise: (N, 3 + noise_channels, h, w) standard normal,
+        channels 0-2 the prior noise eps, the rest the student noise xi.
+        Returns sr: (N, 3, 4h, 4w) in [-1, 1]."""
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            self.check_input(lq, noise)
+        c = self.spec.student.out_channels
+        eps, xi = noise[:, :c], noise[:, c:]
+        z_y = self.encode_lq(lq)
+        x_T = self.schedule.prior_sample(z_y, eps)  # method.md 1.2 prior, 5.1 step 5
+        t = torch.full_like(lq[:, 0, 0, 0], self.schedule.T - 1, dtype=torch.long)
+        x0 = self.denoiser(x_T, t, lq, xi if self.spec.noise_channels else None)  # one call, t = T-1
+        # Decode quantizes (method.md 3, fixtures README 5); no clamp before decode, clamp after.
+        return self.autoencoder.decode(x0).clamp(-1.0, 1.0)
+
+
+def require_teacher(spec: ModelSpec) -> ModelSpec:
+    if spec.teacher is None:
+        raise ArtifactError(f"artifact {spec.name!r} has no teacher weights (needed for 15-step sampling)")
+    return spec

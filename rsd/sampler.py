@@ -1,0 +1,64 @@
+"""The teacher's 15-step ancestral sampler (method.md 1.2, 5.3): baseline and quality reference.
+
+Same pipeline as OneStepSR but with the 6-channel teacher run T times:
+    z = z_y + kappa*sqrt(eta_T)*eps;  for t = T-1..0: x0 = f(z/s_t, t, lq); z = posterior sample
+then decode (quantizing) and clamp.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rsd.artifact import load_artifact, load_state_strict
+from rsd.denoiser import Denoiser
+from rsd.nets.unet import UNetModelSwin
+from rsd.nets.vqgan import VQModelTorch
+from rsd.onestep import bicubic_x4, require_teacher
+from rsd.schedule import Schedule
+from rsd.spec import ModelSpec
+
+
+class TeacherSampler(nn.Module):
+    def __init__(self, spec: ModelSpec, teacher: UNetModelSwin, autoencoder: VQModelTorch) -> None:
+        super().__init__()
+        self.spec = spec
+        self.schedule = Schedule(spec.schedule)
+        self.denoiser = Denoiser(teacher, self.schedule)
+        self.autoencoder = autoencoder
+
+    @classmethod
+    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> TeacherSampler:
+        spec, states = load_artifact(model_dir)
+        teacher_cfg = require_teacher(spec).teacher
+        assert teacher_cfg is not None
+        with torch.device("meta"):
+            teacher = UNetModelSwin(teacher_cfg)
+            autoencoder = VQModelTorch(spec.autoencoder)
+        teacher = teacher.to_empty(device=device)
+        autoencoder = autoencoder.to_empty(device=device)
+        load_state_strict(teacher, states["teacher"], "teacher")
+        load_state_strict(autoencoder, states["autoencoder"], "autoencoder")
+        return cls(spec, teacher, autoencoder).eval()
+
+    @property
+    def noise_channels(self) -> int:
+        """3 channels of prior noise, then 3 per step t = T-1 .. 1 (no noise is added at t = 0)."""
+        return 3 * self.schedule.T
+
+    def forward(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """lq: (N, 3, h, w) in [-1, 1]; noise: (N, 3*T, h, w) standard normal. Returns (N, 3, 4h, 4w)."""
+        n, _, h, w = lq.shape
+        if tuple(noise.shape) != (n, self.noise_channels, h, w):
+            raise ValueError(f"noise must be {(n, self.noise_channels, h, w)}; got {tuple(noise.shape)}")
+        z_y = self.autoencoder.encode(bicubic_x4(lq))
+        z = self.schedule.prior_sample(z_y, noise[:, :3])
+        for step, t_idx in enumerate(range(self.schedule.T - 1, -1, -1)):
+            t = torch.full((n,), t_idx, dtype=torch.long, device=lq.device)
+            x0 = self.denoiser(z, t, lq)
+            # p_sample adds no noise at t = 0; channels for step k are 3(k+1):3(k+2).
+            step_noise = noise[:, 3 * (step + 1) : 3 * (step + 2)] if t_idx > 0 else torch.zeros_like(z)
+            z = self.schedule.p_sample(x0, z, t, step_noise)
+        return self.autoencoder.decode(z).clamp(-1.0, 1.0)

@@ -1,0 +1,107 @@
+"""Core subcommands: `upscale`, `convert-official`, `info`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from rsd.imagefile import ImageError
+from rsd.spec import ArtifactError
+
+#: errors that are the user's input, reported as one line with exit code 2 (never a traceback)
+EXPECTED_ERRORS = (ArtifactError, ImageError, ValueError, FileNotFoundError, NotADirectoryError, RuntimeError)
+
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "rsd-tiny"
+
+
+def default_model() -> Path:
+    """$RSD_MODEL, else the bundled models/rsd-tiny."""
+    return Path(os.environ.get("RSD_MODEL") or BUNDLED_MODEL)
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    up = sub.add_parser("upscale", help="upscale image files x4")
+    up.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    up.add_argument("-o", "--out", type=Path, required=True, help="output file (one input) or directory")
+    up.add_argument("--model", type=Path, default=None, help="artifact directory (default: $RSD_MODEL or bundled)")
+    up.add_argument("--tile", type=int, default=None, help="LR tile size (default: the model's)")
+    up.add_argument("--overlap", type=int, default=None, help="LR overlap between tiles")
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    up.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    up.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch")
+    up.add_argument("--blend", choices=["smooth", "uniform"], default="smooth")
+    up.add_argument("--format", choices=["png", "jpeg", "webp"], default=None, help="default: from suffix")
+    up.add_argument("--quality", type=int, default=95)
+    up.set_defaults(handler=run_upscale)
+
+    conv = sub.add_parser("convert-official", help="convert the published .pth files into an artifact")
+    conv.add_argument("--student", type=Path, required=True, help="RSD student, e.g. ema_model_2800.pth")
+    conv.add_argument("--autoencoder", type=Path, required=True, help="VQ-f4, autoencoder_vq_f4.pth")
+    conv.add_argument("--teacher", type=Path, default=None, help="ResShift resshift_realsrx4_s15_v1.pth")
+    conv.add_argument("--out", type=Path, required=True)
+    conv.set_defaults(handler=run_convert)
+
+    info = sub.add_parser("info", help="print an artifact's spec summary")
+    info.add_argument("--model", type=Path, default=None)
+    info.set_defaults(handler=run_info)
+
+
+def _outputs(inputs: list[Path], out: Path, fmt: str | None) -> list[Path]:
+    """One input + a file-like OUT -> that file; otherwise OUT is a directory of <stem>_x4.<ext>."""
+    from rsd.imagefile import format_from_suffix
+
+    if len(inputs) == 1 and out.suffix and not out.is_dir():
+        format_from_suffix(out)  # validate before any work
+        return [out]
+    ext = {"jpeg": ".jpg", "webp": ".webp"}.get(fmt or "png", ".png")
+    names = [p.stem + "_x4" + ext for p in inputs]
+    if len(set(names)) != len(names):
+        raise ValueError("several inputs share a file name; upscale them into separate folders")
+    return [out / n for n in names]
+
+
+def run_upscale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rsd.backends import load_upscaler
+    from rsd.imagefile import ImageLimits, encode_image, format_from_suffix, read_image_file, write_image_file
+    from rsd.pipeline import choose_tile, upscale_array
+    from rsd.spec import read_spec
+
+    model_dir = args.model or default_model()
+    read_spec(model_dir)  # fail fast, before decoding anything
+    targets = _outputs(args.inputs, args.out, args.format)
+    limits = ImageLimits()
+    images = [read_image_file(p, limits) for p in args.inputs]  # all inputs valid before any work
+    if not 1 <= args.quality <= 100:
+        raise ValueError(f"--quality {args.quality} must be in 1..100")
+    upscaler = load_upscaler(model_dir, args.backend, device=args.device, dtype=args.dtype)
+    with upscaler:
+        for src, image, target in zip(args.inputs, images, targets, strict=True):
+            tile = choose_tile(upscaler.spec, image.rgb.shape[0], image.rgb.shape[1], args.tile)
+            with tqdm(desc=src.name, unit="tile", leave=False) as bar:
+                sr = upscale_array(
+                    upscaler, image.rgb, args.seed, tile, args.overlap, blend=args.blend, progress=bar.update
+                )
+            fmt = args.format or format_from_suffix(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_image_file(target, encode_image(sr, image, fmt, args.quality))
+            print(f"{src} -> {target} ({sr.shape[1]}x{sr.shape[0]})")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from rsd.official import convert_official
+
+    out = convert_official(args.student, args.autoencoder, args.out, teacher=args.teacher)
+    print(f"wrote artifact {out}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from rsd.artifact import describe
+
+    print(describe(args.model or default_model()))
+    return 0

@@ -1,0 +1,72 @@
+"""Small, fast, random-weight artifacts for tests (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from rsd.artifact import save_artifact
+from rsd.config import DDConfig, ScheduleConfig, UNetConfig, VQConfig
+from rsd.nets.unet import UNetModelSwin
+from rsd.nets.vqgan import VQModelTorch
+from rsd.spec import ModelSpec
+
+TINY_UNET = UNetConfig(
+    image_size=16,
+    in_channels=3,
+    lq_size=16,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=[1, 1],
+    attention_resolutions=[16],
+    num_head_channels=8,
+    swin_embed_dim=32,
+    window_size=8,
+    noise_channels=1,
+)
+TINY_VQ = VQConfig(
+    embed_dim=3,
+    n_embed=64,
+    ddconfig=DDConfig(ch=32, ch_mult=[1, 1, 1], num_res_blocks=1, resolution=64),
+)
+
+
+def _perturbed(module: torch.nn.Module, generator: torch.Generator, std: float) -> dict[str, torch.Tensor]:
+    """Random weights with every branch active (zero-initialised convs included)."""
+    state = module.state_dict()
+    for key, value in state.items():
+        if value.is_floating_point() and "attn_mask" not in key:
+            value.add_(torch.randn(value.shape, generator=generator) * std)
+    return state
+
+
+def tiny_weights(seed: int = 0, teacher: bool = False) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    student = UNetModelSwin(TINY_UNET)
+    autoencoder = VQModelTorch(TINY_VQ)
+    weights = {f"student.{k}": v for k, v in _perturbed(student, gen, 0.05).items()}
+    weights |= {f"autoencoder.{k}": v for k, v in _perturbed(autoencoder, gen, 0.02).items()}
+    teacher_cfg = None
+    if teacher:
+        teacher_cfg = TINY_UNET.with_noise_channels(0)
+        teacher_net = UNetModelSwin(teacher_cfg)
+        weights |= {f"teacher.{k}": v for k, v in _perturbed(teacher_net, gen, 0.05).items()}
+    spec = ModelSpec(
+        name="tiny-random",
+        student=TINY_UNET,
+        autoencoder=TINY_VQ,
+        schedule=ScheduleConfig(),
+        teacher=teacher_cfg,
+        tiles=[32, 64],
+        default_tile=64,
+        default_overlap=16,
+    )
+    return spec, weights
+
+
+def make_tiny_artifact(directory: Path, seed: int = 0, teacher: bool = False) -> Path:
+    """Write a tiny random-weight artifact (student + VQ [+ teacher]) into `directory`."""
+    spec, weights = tiny_weights(seed, teacher)
+    return save_artifact(directory, spec, weights)
