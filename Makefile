@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
 	$(BIN)/python -m pip install -q -e ".[train,export,serve,dev]" "$(TORCH_PIN)"
+	# only for the LPIPS linear-head weight files it ships; --no-deps keeps torchvision out
+	$(BIN)/python -m pip install -q --no-deps lpips
 	touch $(STAMP)
 
 lint: setup

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rsd_cli import core
+from rsd_cli import core, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # Each module adds its subcommands; heavy imports happen inside the handlers.
     core.add_parsers(sub)
+    train.add_parsers(sub)
     return parser
 
 

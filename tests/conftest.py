@@ -8,7 +8,7 @@ import os
 # nothing when the machine is idle. Set before torch is imported by any test module.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
 import pytest
 
