@@ -119,8 +119,7 @@ class Schedule:
         Variance and log-variance are broadcast to x_t's full shape, as the reference returns them.
         """
         mean = (
-            self._gather(self.posterior_mean_coef1, t, x_t) * x_t
-            + self._gather(self.posterior_mean_coef2, t, x_t) * x0
+            self._gather(self.posterior_mean_coef1, t, x_t) * x_t + self._gather(self.posterior_mean_coef2, t, x_t) * x0
         )
         variance = self._gather(self.posterior_variance, t, x_t).expand_as(x_t)
         log_variance = self._gather(self.posterior_log_variance_clipped, t, x_t).expand_as(x_t)

@@ -112,9 +112,7 @@ def test_p_mean_variance_with_stand_in_model(golden: dict[str, Any], schedule: S
 
 def test_p_sample(golden: dict[str, Any], schedule: Schedule) -> None:
     pmv, ex = golden["examples"]["p_mean_variance"], golden["examples"]["p_sample"]
-    sample = schedule.p_sample(
-        _t(pmv["model_output_pred_xstart"]), _t(pmv["x_t"]), _steps(pmv["t"]), _t(ex["noise"])
-    )
+    sample = schedule.p_sample(_t(pmv["model_output_pred_xstart"]), _t(pmv["x_t"]), _steps(pmv["t"]), _t(ex["noise"]))
     assert _max_abs(sample, _t(ex["sample"])) < 1e-6
 
 
