@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rsd_cli import core, train
+from rsd_cli import core, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Each module adds its subcommands; heavy imports happen inside the handlers.
     core.add_parsers(sub)
     train.add_parsers(sub)
+    serve.add_parsers(sub)
     return parser
 
 

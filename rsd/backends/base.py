@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rsd.artifact import ModelSpec
+from rsd.spec import ModelSpec
 
 
 class Upscaler(ABC):

@@ -1,0 +1,276 @@
+"""In-process transport: the embedded default (`rsd serve` with no REDIS_URL), serving.md "Queue".
+
+The API coroutines and one worker thread share this object. It mirrors the Redis transport where it
+matters to clients: admission in tiles with Retry-After, Idempotency-Key, a job dropped (expired)
+before compute when its deadline has passed, exactly one terminal status per job, results kept for
+`result_ttl_s`. There are no leases: a thread cannot die without the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from service.jobs import ClaimedJob, Job, JobRecord, JobResult, JobStatus
+from service.queue.base import (
+    ApiQueue,
+    DeadlineExceeded,
+    Health,
+    IdempotencyConflict,
+    JobFailed,
+    JobNotFound,
+    Submitted,
+    WorkerQueue,
+    admission,
+)
+
+
+@dataclass
+class _Entry:
+    job: Job
+    status: JobStatus = JobStatus.QUEUED
+    attempts: int = 0
+    error_code: str | None = None
+    error_message: str | None = None
+    result: JobResult | None = None
+    finished_at: float = 0.0
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def record(self) -> JobRecord:
+        job = self.job
+        return JobRecord(
+            id=job.id,
+            status=self.status,
+            seed=job.params.seed,
+            cost_tiles=job.cost_tiles,
+            created=job.created,
+            deadline=job.deadline,
+            attempts=self.attempts,
+            error_code=self.error_code,
+            error_message=self.error_message,
+        )
+
+
+class InProcessQueue(ApiQueue, WorkerQueue):
+    """Thread-safe: API methods run in the event loop, worker methods in the worker thread."""
+
+    def __init__(
+        self,
+        max_backlog_tiles: int,
+        assumed_tiles_per_s: float,
+        result_ttl_s: float = 900.0,
+        idempotency_ttl_s: float = 86_400.0,
+        heartbeat_timeout_s: float = 10.0,
+    ) -> None:
+        self._limit = max_backlog_tiles
+        self._assumed_rate = assumed_tiles_per_s
+        self._result_ttl_s = result_ttl_s
+        self._idem_ttl_s = idempotency_ttl_s
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self._cond = threading.Condition()
+        self._queued: deque[str] = deque()
+        self._entries: dict[str, _Entry] = {}
+        self._idem: dict[str, tuple[str, str, float]] = {}
+        self._backlog = 0
+        self._worker_ready = False
+        self._worker_rate = 0.0
+        self._last_heartbeat = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ API side
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    def _rate(self) -> float:
+        return self._worker_rate if self._worker_rate > 0 else self._assumed_rate
+
+    async def precheck(self, deadline: float) -> None:
+        with self._cond:
+            refusal = admission(self._backlog, 1, self._limit, self._rate(), deadline - time.time())
+        if refusal is not None:
+            raise refusal
+
+    async def submit(self, job: Job) -> Submitted:
+        now = time.time()
+        with self._cond:
+            self._sweep(now)
+            if job.idempotency_key is not None:
+                known = self._idem.get(job.idempotency_key)
+                if known is not None and known[0] in self._entries:
+                    if known[1] != job.fingerprint:
+                        raise IdempotencyConflict(
+                            f"Idempotency-Key {job.idempotency_key!r} was used for a different request"
+                        )
+                    return Submitted(known[0], duplicate=True, backlog=self._backlog)
+            refusal = admission(self._backlog, job.cost_tiles, self._limit, self._rate(), job.deadline - now)
+            if refusal is not None:
+                raise refusal
+            self._entries[job.id] = _Entry(job)
+            self._queued.append(job.id)
+            self._backlog += job.cost_tiles
+            if job.idempotency_key is not None:
+                self._idem[job.idempotency_key] = (job.id, job.fingerprint, now + self._idem_ttl_s)
+            self._cond.notify_all()
+            return Submitted(job.id, duplicate=False, backlog=self._backlog)
+
+    async def wait(self, job_id: str, deadline: float) -> JobResult:
+        loop = asyncio.get_running_loop()
+        while True:
+            future: asyncio.Future[None] = loop.create_future()
+            with self._cond:
+                entry = self._entries.get(job_id)
+                if entry is None:
+                    raise JobNotFound(job_id)
+                if not entry.status.terminal:
+                    entry.waiters.append(future)
+            if entry.status.terminal:
+                return self._outcome(entry)
+            timeout = deadline - time.time()
+            try:
+                await asyncio.wait_for(future, timeout=max(timeout, 0.0))
+            except TimeoutError:
+                self._finish(job_id, JobStatus.EXPIRED, "deadline", "the deadline passed before the job finished")
+                with self._cond:
+                    if entry.status is JobStatus.DONE:  # finished in the same instant
+                        return self._outcome(entry)
+                raise DeadlineExceeded(job_id) from None
+            except asyncio.CancelledError:
+                self._finish(job_id, JobStatus.CANCELLED, "cancelled", "the client went away")
+                raise
+
+    @staticmethod
+    def _outcome(entry: _Entry) -> JobResult:
+        if entry.status is JobStatus.DONE and entry.result is not None:
+            return entry.result
+        if entry.status is JobStatus.EXPIRED:
+            raise DeadlineExceeded(entry.job.id)
+        raise JobFailed(entry.record())
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        with self._cond:
+            entry = self._entries.get(job_id)
+            return None if entry is None else entry.record()
+
+    async def result(self, job_id: str) -> JobResult | None:
+        with self._cond:
+            entry = self._entries.get(job_id)
+            return None if entry is None else entry.result
+
+    async def cancel(self, job_id: str) -> bool:
+        return self._finish(job_id, JobStatus.CANCELLED, "cancelled", "cancelled by the client")
+
+    async def backlog(self) -> int:
+        with self._cond:
+            return self._backlog
+
+    async def health(self) -> Health:
+        with self._cond:
+            fresh = time.time() - self._last_heartbeat < self._heartbeat_timeout_s
+            ready = self._worker_ready and fresh
+            if ready:
+                reason = "ok"
+            elif not fresh and self._last_heartbeat:
+                reason = "the worker thread stopped answering"
+            else:
+                reason = "the model is loading or warming up"
+            return Health(ready, reason, self._backlog, int(ready), self._rate())
+
+    # ------------------------------------------------------------------ worker side
+    def claim(self, max_jobs: int, max_wait_s: float) -> list[ClaimedJob]:
+        claimed: list[ClaimedJob] = []
+        end = time.monotonic() + max_wait_s
+        with self._cond:
+            while not self._queued:
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return claimed
+                self._cond.wait(remaining)
+            now = time.time()
+            while self._queued and len(claimed) < max_jobs:
+                entry = self._entries.get(self._queued.popleft())
+                if entry is None or entry.status is not JobStatus.QUEUED:
+                    continue  # cancelled or expired while queued: already terminal and uncounted
+                if entry.job.deadline <= now:  # serving.md: dropped before compute
+                    self._finish_locked(entry, JobStatus.EXPIRED, "deadline", "the deadline passed in the queue")
+                    continue
+                entry.status = JobStatus.RUNNING
+                entry.attempts += 1
+                job = entry.job
+                claimed.append(ClaimedJob(job.id, job.params, job.data, job.deadline, job.created, entry.attempts))
+        return claimed
+
+    def live(self, jobs: Sequence[ClaimedJob]) -> set[str]:
+        now = time.time()
+        alive: set[str] = set()
+        with self._cond:
+            for claimed in jobs:
+                entry = self._entries.get(claimed.id)
+                if entry is None or entry.status is not JobStatus.RUNNING:
+                    continue
+                if claimed.deadline <= now:
+                    self._finish_locked(entry, JobStatus.EXPIRED, "deadline", "the deadline passed before compute")
+                    continue
+                alive.add(claimed.id)
+        return alive
+
+    def keepalive(self, jobs: Sequence[ClaimedJob]) -> None:
+        return None
+
+    def complete(self, job: ClaimedJob, result: JobResult) -> bool:
+        with self._cond:
+            entry = self._entries.get(job.id)
+            if entry is None or entry.status.terminal:
+                return False
+            entry.result = result
+            self._finish_locked(entry, JobStatus.DONE, None, None)
+            return True
+
+    def fail(self, job: ClaimedJob, code: str, message: str) -> bool:
+        return self._finish(job.id, JobStatus.FAILED, code, message)
+
+    def heartbeat(self, ready: bool, tiles_per_s: float) -> None:
+        with self._cond:
+            self._worker_ready = ready
+            self._worker_rate = tiles_per_s
+            self._last_heartbeat = time.time()
+
+    # ------------------------------------------------------------------ shared
+    def _finish(self, job_id: str, status: JobStatus, code: str | None, message: str | None) -> bool:
+        with self._cond:
+            entry = self._entries.get(job_id)
+            if entry is None or entry.status.terminal:
+                return False
+            self._finish_locked(entry, status, code, message)
+            return True
+
+    def _finish_locked(self, entry: _Entry, status: JobStatus, code: str | None, message: str | None) -> None:
+        """The one terminal transition: status, backlog release, waking the waiters (lock held)."""
+        entry.status = status
+        entry.error_code, entry.error_message = code, message
+        entry.finished_at = time.time()
+        self._backlog -= entry.job.cost_tiles
+        waiters, entry.waiters = entry.waiters, []
+        if self._loop is not None and waiters:
+            self._loop.call_soon_threadsafe(_wake_all, waiters)
+
+    def _sweep(self, now: float) -> None:
+        """Forget finished jobs after the result TTL and idempotency keys after theirs (lock held)."""
+        stale = [
+            job_id
+            for job_id, entry in self._entries.items()
+            if entry.status.terminal and now - entry.finished_at > self._result_ttl_s
+        ]
+        for job_id in stale:
+            del self._entries[job_id]
+        for key in [key for key, (_, _, expires) in self._idem.items() if expires < now]:
+            del self._idem[key]
+
+
+def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    for future in waiters:
+        if not future.done():
+            future.set_result(None)

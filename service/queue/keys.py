@@ -1,0 +1,55 @@
+"""Every Redis key name the service uses, in one place (serving.md "Redis layout").
+
+| key | type | content |
+|---|---|---|
+| {prefix}:jobs | stream, group `workers` | one entry per job: id, cost (tiles), deadline |
+| {prefix}:job:{id} | hash | params, status, attempts, error, api instance, entry id, times |
+| {prefix}:in:{id} / {prefix}:out:{id} | string | encoded input / result bytes, with TTLs |
+| {prefix}:reply:{api} | stream | completion notices for one API replica (a wake-up; the hash is the truth) |
+| {prefix}:idem:{key} | string | job id for an Idempotency-Key |
+| {prefix}:backlog | int | outstanding tiles (admit adds, every terminal transition subtracts, atomically) |
+| {prefix}:dead | stream | poison jobs after max attempts |
+| {prefix}:workers | hash | worker name -> JSON heartbeat (time, ready, tiles/s) for readiness and Retry-After |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GROUP = "workers"
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    prefix: str = "rsd"
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    @property
+    def backlog(self) -> str:
+        return f"{self.prefix}:backlog"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def input(self, job_id: str) -> str:
+        return f"{self.prefix}:in:{job_id}"
+
+    def output(self, job_id: str) -> str:
+        return f"{self.prefix}:out:{job_id}"
+
+    def reply(self, api: str) -> str:
+        return f"{self.prefix}:reply:{api}"
+
+    def idempotency(self, key: str) -> str:
+        return f"{self.prefix}:idem:{key}"

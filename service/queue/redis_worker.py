@@ -1,0 +1,233 @@
+"""Redis Streams transport, worker side (serving.md "Worker loop" and "Failure" table).
+
+A worker reads new entries with XREADGROUP (consumer group `workers`), starts each with one script
+that drops expired/cancelled/orphaned jobs before any compute, refreshes the leases of the entries it
+holds (XCLAIM JUSTID, only those it still owns), and completes with one script that makes duplicates
+no-ops. Every worker also runs the reaper: XAUTOCLAIM takes entries idle past the lease (their worker
+died or hangs); one delivered more than `max_attempts` times goes to the dead stream, failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from service import metrics
+from service.jobs import ClaimedJob, JobParams, JobResult, JobStatus
+from service.queue import scripts
+from service.queue.base import WorkerQueue
+from service.queue.keys import GROUP, RedisKeys
+from service.queue.redis import eviction_warning
+
+log = logging.getLogger(__name__)
+
+
+class RedisWorkerQueue(WorkerQueue):
+    """Blocking client for one worker process; `keepalive` may be called from a second thread."""
+
+    def __init__(
+        self,
+        url: str,
+        consumer: str,
+        prefix: str = "rsd",
+        lease_s: float = 30.0,
+        max_attempts: int = 3,
+        result_ttl_s: int = 900,
+        timeout_s: float = 2.0,
+        block_s: float = 0.5,
+    ) -> None:
+        self.consumer = consumer
+        self._keys = RedisKeys(prefix)
+        self._lease_ms = int(lease_s * 1000)
+        self._max_attempts = max_attempts
+        self._result_ttl_s = result_ttl_s
+        # a blocking XREADGROUP must not hit the socket timeout
+        self._client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s + block_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(ExponentialBackoff(cap=0.25, base=0.025), retries=2),  # see RedisApiQueue
+        )
+        self._start = self._client.register_script(scripts.START)
+        self._finish = self._client.register_script(scripts.FINISH)
+        self._complete = self._client.register_script(scripts.COMPLETE)
+        self._dead = self._client.register_script(scripts.DEAD)
+        self._refresh = self._client.register_script(scripts.REFRESH)
+        self._next_reap = 0.0
+
+    def prepare(self) -> None:
+        """Create the consumer group if needed and warn loudly if Redis may evict keys."""
+        self._ensure_group()
+        try:
+            policy = self._client.config_get("maxmemory-policy").get("maxmemory-policy")
+            warning = eviction_warning(policy.decode() if isinstance(policy, bytes) else policy)
+        except redis.exceptions.ResponseError as exc:
+            warning = f"cannot verify Redis maxmemory-policy ({exc}); make sure it is 'noeviction'"
+        if warning:
+            log.warning("!" * 20 + " " + warning + " " + "!" * 20)
+
+    def _ensure_group(self) -> None:
+        try:
+            self._client.xgroup_create(self._keys.jobs, GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # ------------------------------------------------------------------ claiming
+    def claim(self, max_jobs: int, max_wait_s: float) -> list[ClaimedJob]:
+        entries: list[tuple[str, dict[bytes, bytes], bool]] = []
+        if time.monotonic() >= self._next_reap:
+            self._next_reap = time.monotonic() + self._lease_ms / 2000
+            entries += [(entry, fields, True) for entry, fields in self._reap(max_jobs)]
+        room = max_jobs - len(entries)
+        if room > 0:
+            block = None if entries or max_wait_s <= 0 else max(1, int(max_wait_s * 1000))
+            try:
+                replies: Any = self._client.xreadgroup(
+                    GROUP, self.consumer, {self._keys.jobs: ">"}, count=room, block=block
+                )
+            except redis.exceptions.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self._ensure_group()  # Redis restarted empty: recreate and read next time
+                replies = []
+            for _, messages in replies or []:
+                entries += [(_text(entry), fields, False) for entry, fields in messages]
+        claimed = []
+        for entry, fields, redelivered in entries:
+            job = self._begin(entry, fields)
+            if job is not None:
+                if redelivered:
+                    metrics.REDELIVERIES.inc()
+                claimed.append(job)
+        return claimed
+
+    def _reap(self, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
+        """XAUTOCLAIM idle entries; dead-letter those delivered more than max_attempts times."""
+        try:
+            reply = self._client.xautoclaim(self._keys.jobs, GROUP, self.consumer, self._lease_ms, "0-0", count=count)
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return []
+            raise
+        taken = []
+        for entry_raw, fields in reply[1]:
+            entry = _text(entry_raw)
+            if fields is None:  # deleted meanwhile (the job ended)
+                continue
+            pending = self._client.xpending_range(self._keys.jobs, GROUP, min=entry, max=entry, count=1)
+            deliveries = int(pending[0]["times_delivered"]) if pending else 1
+            if deliveries > self._max_attempts:
+                self._bury(entry, fields, deliveries)
+            else:
+                taken.append((entry, fields))
+        return taken
+
+    def _bury(self, entry: str, fields: dict[bytes, bytes], deliveries: int) -> None:
+        job_id = _text(fields.get(b"id"))
+        reason = f"gave up after {deliveries - 1} attempts: every worker that took it died or hung"
+        keys = self._keys
+        buried = self._dead(
+            keys=[keys.job(job_id), keys.input(job_id), keys.backlog, keys.jobs, keys.dead],
+            args=[GROUP, keys.reply(""), job_id, repr(time.time()), self._result_ttl_s, entry, deliveries, reason],
+        )
+        if int(buried) == 1:
+            metrics.DEAD_JOBS.inc()
+            log.error("job %s moved to the dead stream: %s", job_id, reason)
+
+    def _begin(self, entry: str, fields: dict[bytes, bytes]) -> ClaimedJob | None:
+        """Run START for one entry: a ClaimedJob to compute, or None when it was dropped."""
+        job_id = _text(fields.get(b"id"))
+        keys = self._keys
+        now = time.time()
+        reply = self._start(
+            keys=[keys.job(job_id), keys.input(job_id), keys.backlog, keys.jobs],
+            args=[entry, GROUP, repr(now), self.consumer, keys.reply(""), job_id, self._result_ttl_s],
+        )
+        kind = _text(reply[0])
+        if kind == "noinput":
+            self._end(job_id, JobStatus.FAILED, "input_missing", "the job's input expired or was evicted")
+            return None
+        if kind != "run":
+            return None
+        record = {_text(k): _text(v) for k, v in self._client.hgetall(keys.job(job_id)).items()}
+        created = float(record["created"])
+        metrics.QUEUE_WAIT.observe(max(0.0, now - created))
+        return ClaimedJob(
+            id=job_id,
+            params=JobParams.from_fields(record),
+            data=bytes(reply[1]),
+            deadline=float(record["deadline"]),
+            created=created,
+            attempt=int(reply[2]),
+            entry=entry,
+        )
+
+    # ------------------------------------------------------------------ while computing
+    def live(self, jobs: Sequence[ClaimedJob]) -> set[str]:
+        now = time.time()
+        with self._client.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hget(self._keys.job(job.id), "status")
+            statuses = pipe.execute()
+        alive = set()
+        for job, status in zip(jobs, statuses, strict=True):
+            if _text(status) != JobStatus.RUNNING.value:
+                continue
+            if job.deadline <= now:
+                self._end(job.id, JobStatus.EXPIRED, "deadline", "the deadline passed before compute")
+                continue
+            alive.add(job.id)
+        return alive
+
+    def keepalive(self, jobs: Sequence[ClaimedJob]) -> None:
+        entries = [job.entry for job in jobs if job.entry]
+        if entries:
+            self._refresh(keys=[self._keys.jobs], args=[GROUP, self.consumer, *entries])
+
+    # ------------------------------------------------------------------ finishing
+    def complete(self, job: ClaimedJob, result: JobResult) -> bool:
+        keys = self._keys
+        timing = [item for pair in result.timing_fields().items() for item in pair]
+        done = self._complete(
+            keys=[keys.job(job.id), keys.input(job.id), keys.backlog, keys.jobs, keys.output(job.id)],
+            args=[GROUP, keys.reply(""), job.id, repr(time.time()), self._result_ttl_s, result.data, *timing],
+        )
+        return int(done) == 1
+
+    def fail(self, job: ClaimedJob, code: str, message: str) -> bool:
+        return self._end(job.id, JobStatus.FAILED, code, message)
+
+    def _end(self, job_id: str, status: JobStatus, code: str, message: str) -> bool:
+        keys = self._keys
+        ended = self._finish(
+            keys=[keys.job(job_id), keys.input(job_id), keys.backlog, keys.jobs],
+            args=[GROUP, keys.reply(""), job_id, status.value, code, message, repr(time.time()), self._result_ttl_s],
+        )
+        return int(ended) == 1
+
+    def heartbeat(self, ready: bool, tiles_per_s: float) -> None:
+        beat: dict[str, Any] = {"time": time.time(), "ready": ready, "tiles_per_s": tiles_per_s}
+        self._client.hset(self._keys.workers, self.consumer, json.dumps(beat))
+
+    def backlog(self) -> int:
+        return int(self._client.get(self._keys.backlog) or 0)
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            self._client.hdel(self._keys.workers, self.consumer)
+        self._client.close()
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,110 @@
+"""Service settings from environment variables (pydantic-settings, serving.md).
+
+Every knob has an `RSD_` variable (`RSD_MAX_BYTES`, `RSD_MAX_BACKLOG_TILES`, ...) except the two that
+deployments name by convention: `RSD_MODEL` (artifact directory) and `REDIS_URL` (switches from the
+embedded in-process queue to Redis Streams). Unknown `RSD_*` fields in a constructor call are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: the model shipped with the repository (models/rsd-tiny), served when RSD_MODEL is not set
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "rsd-tiny"
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+
+def _instance_id() -> str:
+    """A name unique to this process: host, pid and a random suffix (reply streams, consumer names)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class ServiceSettings(BaseSettings):
+    """All serving configuration. Times are seconds unless the name says otherwise."""
+
+    model_config = SettingsConfigDict(env_prefix="RSD_", extra="forbid", populate_by_name=True)
+
+    # --- model (worker side; the API reads only spec.json) ---
+    model_dir: Path = Field(default=BUNDLED_MODEL, validation_alias=AliasChoices("RSD_MODEL", "model_dir"))
+    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    device: str = "cpu"
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    #: "one": warm up one batch of one tile before answering ready; "all": every batch size up to
+    #: max_batch_tiles at every tile size (first calls of a new shape are slow on some backends)
+    warmup: Literal["one", "all"] = "one"
+    #: CPU threads for the torch backend (torch.set_num_threads); unset: torch's default. On a shared
+    #: or small CPU host fewer threads than cores avoid oversubscription (spinning threads)
+    torch_threads: int | None = Field(default=None, gt=0)
+
+    # --- transport ---
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "RSD_REDIS_URL", "redis_url")
+    )
+    redis_prefix: str = Field(default="rsd", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    instance: str = Field(default_factory=_instance_id)
+
+    # --- image limits (serving.md "Image hygiene") ---
+    max_bytes: int = Field(default=20 * 2**20, gt=0)
+    max_input_pixels: int = Field(default=4_000_000, gt=0)
+    max_output_pixels: int = Field(default=64_000_000, gt=0)
+    default_format: OutputFormat = "png"
+    default_quality: int = Field(default=90, ge=1, le=100)
+
+    # --- admission and deadlines (serving.md "Admission") ---
+    max_backlog_tiles: int = Field(default=512, gt=0)
+    default_deadline_s: float = Field(default=120.0, gt=0)
+    max_deadline_s: float = Field(default=3600.0, gt=0)
+    #: tiles per second assumed before any worker has measured its throughput (Retry-After, predicted wait)
+    assumed_tiles_per_s: float = Field(default=2.0, gt=0)
+
+    # --- batching (serving.md "Worker loop") ---
+    max_batch_tiles: int = Field(default=8, gt=0)
+    #: every model call runs exactly this many tiles (padding the rest), so a tile's result never depends
+    #: on which other requests share its batch (rsd.pipeline.run_tiles). 1 on CPU (no padding waste);
+    #: on a GPU set it to the engine's batch, e.g. RSD_FIXED_BATCH=8
+    fixed_batch: int = Field(default=1, gt=0)
+    max_batch_delay_s: float = Field(default=0.01, ge=0)
+    claim_max_jobs: int = Field(default=8, gt=0)
+    claim_block_s: float = Field(default=0.5, gt=0)
+
+    # --- Redis reliability (serving.md "Failure" table) ---
+    lease_s: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    result_ttl_s: int = Field(default=900, gt=0)
+    idempotency_ttl_s: int = Field(default=86_400, gt=0)
+    worker_heartbeat_s: float = Field(default=1.0, gt=0)
+    redis_timeout_s: float = Field(default=2.0, gt=0)
+
+    # --- security ---
+    api_key: SecretStr | None = None
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`REDIS_URL=` (empty, as compose files often leave it) means embedded mode."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _check(self) -> ServiceSettings:
+        if self.default_deadline_s > self.max_deadline_s:
+            raise ValueError(
+                f"default_deadline_s {self.default_deadline_s} exceeds max_deadline_s {self.max_deadline_s}"
+            )
+        if self.max_output_pixels < self.max_input_pixels:
+            raise ValueError(
+                f"max_output_pixels {self.max_output_pixels} is below max_input_pixels {self.max_input_pixels}"
+            )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when no REDIS_URL is set: API and worker thread share one process."""
+        return self.redis_url is None

@@ -1,0 +1,68 @@
+"""The page at / in headless Chromium (Debian's /usr/bin/chromium driven by Playwright): upload an
+image, the result appears at 4x size, the download is the x4 image, errors are shown."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from service.api import create_app
+from service.queue.inprocess import InProcessQueue
+from service.settings import ServiceSettings
+from service.worker import WorkerThread
+from tests.service.conftest import ThreadedServer
+from tests.service.fakes import FakeUpscaler, png_bytes
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+]
+
+
+def _embedded_app(model_dir: Path):  # type: ignore[no-untyped-def]
+    settings = ServiceSettings(model_dir=model_dir, redis_url=None)
+    queue = InProcessQueue(settings.max_backlog_tiles, settings.assumed_tiles_per_s)
+    upscaler = FakeUpscaler()
+    return create_app(settings, queue, WorkerThread(lambda: upscaler, queue, settings))
+
+
+def test_page_upscales_an_upload_and_offers_the_download(fake_model: Path, tmp_path: Path) -> None:
+    source = tmp_path / "photo.png"
+    source.write_bytes(png_bytes(30, 20, seed=8))
+    not_image = tmp_path / "notes.png"
+    not_image.write_bytes(b"this is text, not a picture")
+    with ThreadedServer(_embedded_app(fake_model)) as server, playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.goto(server.url + "/")
+            assert "rsd-serve" in page.title()
+            page.set_input_files("#file", str(source))
+            page.wait_for_function("document.getElementById('result').naturalWidth > 0", timeout=30_000)
+            size = page.evaluate(
+                "[document.getElementById('result').naturalWidth, document.getElementById('result').naturalHeight]"
+            )
+            assert size == [120, 80]
+            assert page.text_content("#after-size") == "120×80"
+            assert page.text_content("#before-size") == "30×20"
+            assert "seed" in (page.text_content("#details") or "")
+            with page.expect_download() as download_info:
+                page.click("#download")
+            download = download_info.value
+            assert download.suggested_filename == "photo_x4.png"
+            with Image.open(io.BytesIO(Path(download.path()).read_bytes())) as result:
+                assert result.size == (120, 80)
+            page.set_input_files("#file", str(not_image))
+            page.wait_for_selector("#error:not([hidden])", timeout=30_000)
+            assert "400" in (page.text_content("#error") or "")
+        finally:
+            browser.close()

@@ -1,0 +1,102 @@
+"""The worker on its own: out-of-memory halving, a bad tile fails only its job, SIGTERM drains."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rsd.imageops import tile_count
+from rsd.noise import tile_seed
+from service.jobs import Job, JobParams, JobStatus, new_job_id
+from service.queue.inprocess import InProcessQueue
+from service.settings import ServiceSettings
+from service.worker import Worker, is_out_of_memory
+from tests.service.conftest import Processes, RedisServer, Stack, wait_ready
+from tests.service.fakes import FakeUpscaler, png_bytes, reference_bytes
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _job(data: bytes, seed: int, width: int, height: int, tile: int = 16) -> Job:
+    params = JobParams(format="png", quality=90, seed=seed, tile=tile, overlap=min(8, tile // 2))
+    return Job(
+        new_job_id(), params, data, tile_count(height, width, tile, params.overlap, 16), time.time() + 30, width, height
+    )
+
+
+def _drain(upscaler: FakeUpscaler, jobs: list[Job], fake_model: Path, **overrides: object) -> InProcessQueue:
+    settings = ServiceSettings(model_dir=fake_model, redis_url=None, **overrides)  # type: ignore[arg-type]
+    queue = InProcessQueue(10_000, 1.0)
+    for job in jobs:
+        asyncio.run(queue.submit(job))
+    worker = Worker(queue, upscaler, settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    for _ in range(500):
+        records = [asyncio.run(queue.get(job.id)) for job in jobs]
+        if all(record is not None and record.status.terminal for record in records):
+            break
+        time.sleep(0.01)
+    stop.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    return queue
+
+
+def test_out_of_memory_halves_the_batch_and_results_do_not_change(fake_model: Path) -> None:
+    upscaler = FakeUpscaler(oom_above=3)
+    job = _job(png_bytes(48, 40, seed=1), 11, 48, 40)
+    queue = _drain(upscaler, [job], fake_model, max_batch_tiles=16, max_batch_delay_s=0.0)
+    result = asyncio.run(queue.result(job.id))
+    assert result is not None and result.data == reference_bytes(job.data, 11, tile=16)
+    assert max(upscaler.batch_sizes) <= 3 and sum(upscaler.batch_sizes) == job.cost_tiles
+
+
+def test_a_failing_tile_fails_only_its_own_job(fake_model: Path) -> None:
+    bad, good = _job(png_bytes(32, 32, seed=2), 21, 32, 32), _job(png_bytes(32, 32, seed=3), 22, 32, 32)
+    upscaler = FakeUpscaler(fail_seed=tile_seed(21, 2))
+    queue = _drain(upscaler, [bad, good], fake_model, max_batch_tiles=32, max_batch_delay_s=0.05)
+    bad_record, good_record = asyncio.run(queue.get(bad.id)), asyncio.run(queue.get(good.id))
+    assert bad_record is not None and bad_record.status is JobStatus.FAILED
+    assert bad_record.error_code == "compute_failed"
+    assert good_record is not None and good_record.status is JobStatus.DONE
+    result = asyncio.run(queue.result(good.id))
+    assert result is not None and result.data == reference_bytes(good.data, 22, tile=16)
+
+
+def test_out_of_memory_is_recognised() -> None:
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_finishes_the_jobs_in_hand_then_exits(
+    redis_server: RedisServer, processes: Processes, fake_model: Path
+) -> None:
+    stack = Stack(redis_server, processes, fake_model, RSD_MAX_BATCH_TILES=1, RSD_CLAIM_MAX_JOBS=1)
+    worker = stack.start_worker("draining", "--delay", "0.3")
+    base = stack.start_api()
+    wait_ready(base)
+    files = {"image": ("x.png", png_bytes(32, 32, seed=4), "image/png")}
+    first = httpx.post(f"{base}/jobs", files=files, params={"seed": 31, "tile": 16})  # 9 tiles, about 2.7 s
+    for _ in range(200):
+        if httpx.get(f"{base}{first.headers['location']}").json()["status"] == "running":
+            break
+        time.sleep(0.02)
+    second = httpx.post(f"{base}/jobs", files=files, params={"seed": 32, "tile": 16})
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    first_info = httpx.get(f"{base}{first.headers['location']}").json()
+    second_info = httpx.get(f"{base}{second.headers['location']}").json()
+    assert first_info["status"] == "done"  # finished although SIGTERM came mid-job
+    assert second_info["status"] == "queued"  # not claimed after SIGTERM
+    result = httpx.get(f"{base}{first.headers['location']}/result")
+    assert result.content == reference_bytes(files["image"][1], 31, tile=16)
