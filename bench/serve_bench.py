@@ -154,7 +154,13 @@ def start_server(model: Path, batch: int, threads: int | None, log_path: Path) -
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "RSD_MAX_BATCH_TILES": str(batch), "REDIS_URL": "", "RSD_WARMUP": "all"}
+    env = {
+        **os.environ,
+        "RSD_MAX_BATCH_TILES": str(batch),
+        "RSD_FIXED_BATCH": str(batch),
+        "REDIS_URL": "",
+        "RSD_WARMUP": "all",
+    }
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["RSD_TORCH_THREADS"] = str(threads)
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the server process
