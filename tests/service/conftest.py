@@ -96,8 +96,14 @@ class Processes:
 
     def spawn(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        # A session of its own, so that kill_all reaches uvicorn's worker processes too.
         process = subprocess.Popen(
-            [sys.executable, *args], cwd=REPO_ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *args],
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.running.append(process)
         return process
@@ -108,8 +114,8 @@ class Processes:
 
     def kill_all(self) -> None:
         for process in self.running:
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the whole group: uvicorn workers included
         for process in self.running:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
