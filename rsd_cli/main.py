@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from rsd_cli import core, serve, train
+from rsd_cli import core, export, serve, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_parsers(sub)
     train.add_parsers(sub)
     serve.add_parsers(sub)
+    export.add_parsers(sub)
     return parser
 
 

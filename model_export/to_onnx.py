@@ -1,0 +1,210 @@
+"""Artifact -> ONNX: one file per tile size, only the batch dimension dynamic (architecture.md invariant 3).
+
+The graph is `OneStepSR.from_artifact(dir)` itself (invariant 2), traced with its VQ codes exposed as a
+second output for parity checks:
+
+    inputs   lq    (N, 3, t, t)               float32 in [-1, 1]
+             noise (N, 3 + noise_channels, t, t) float32 standard normal, drawn on the host (rsd.noise)
+    outputs  sr    (N, 3, 4t, 4t)             float32 in [-1, 1]
+             codes (N, t, t)                  int32 VQ codebook indices (method.md 3)
+
+Exporter: the TorchScript-based exporter (`dynamo=False`) is the default. It is exact (max-abs ~1e-5
+against torch on the test configs) and fast, because H and W are static: the Swin shift masks are
+built once per resolution and cached by the blocks (method.md 2.2), so they trace to constants, and the
+chunked quantiser loops over a static number of positions. The dynamo exporter (`torch.export`) is
+equally exact here but several times slower to export; it is kept as an option (`exporter="dynamo"`).
+A `.fp16.onnx` file holds fp16 weights and activations behind fp32 inputs and outputs, meant for GPU
+execution providers (onnxruntime's CPU provider runs it too, which is how it is verified without a GPU;
+TensorRT builds its fp16 engines from the fp32 file with `--fp16` instead).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from rsd.backends.exported import (
+    INPUT_NAMES,
+    META_DTYPE,
+    META_MODEL_NAME,
+    META_NOISE_CHANNELS,
+    META_SCHEDULE_HASH,
+    META_TILE,
+    OUTPUT_NAMES,
+    OnnxDType,
+    OnnxRecord,
+    export_dir,
+    onnx_file_name,
+    write_export_record,
+)
+from rsd.nets.vqgan import DISTANCE_BUDGET_BYTES
+from rsd.onestep import OneStepSR
+
+Exporter = Literal["torchscript", "dynamo"]
+#: opset per exporter: the dynamo exporter emits opset 18 natively (converting it down fails on Pad)
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}
+_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+#: batch of the example inputs the TorchScript tracer runs; 2, not 1, so no size-1 batch gets baked in
+_TRACE_BATCH = 2
+
+
+class ExportGraph(nn.Module):
+    """OneStepSR with fp32 inputs/outputs and the VQ codes as a second output.
+
+    The codes are read with a forward hook on the quantiser, so the traced computation is exactly
+    `OneStepSR.forward`; the hook only names an intermediate tensor as an extra graph output.
+    """
+
+    def __init__(self, model: OneStepSR, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, lq: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """lq: (N, 3, t, t) float32; noise: (N, C, t, t) float32 -> sr (N, 3, 4t, 4t) float32, codes int32."""
+        captured: list[torch.Tensor] = []
+        hook = self.model.autoencoder.quantize.register_forward_hook(
+            lambda _module, _inputs, outputs: captured.append(outputs[1])
+        )
+        try:
+            sr = self.model(lq.to(self.dtype), noise.to(self.dtype))
+        finally:
+            hook.remove()
+        # int32: TensorRT and the GPU providers handle it natively; 8192 codes fit easily.
+        return sr.float(), captured[0].to(torch.int32)
+
+
+def _size_quantiser_chunks(model: OneStepSR, max_batch: int) -> None:
+    """Make the traced quantiser chunks fit the distance budget at `max_batch` (method.md 3 export notes).
+
+    The chunk length is fixed at trace time; both exporters see the batch as symbolic there, so the
+    quantiser budgets per sample. Dividing the budget by `max_batch` keeps the graph's
+    (max_batch x chunk x n_embed) float32 distance block within DISTANCE_BUDGET_BYTES. The result does
+    not depend on the chunking (argmin is per position).
+    """
+    model.autoencoder.quantize.distance_budget_bytes = max(1, DISTANCE_BUDGET_BYTES // max_batch)
+
+
+def _example_inputs(model: OneStepSR, tile: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    lq = torch.rand(batch, 3, tile, tile, generator=gen) * 2 - 1
+    noise = torch.randn(batch, model.noise_channels, tile, tile, generator=gen)
+    return lq, noise
+
+
+def _trace(
+    graph: ExportGraph, inputs: tuple[torch.Tensor, ...], path: Path, exporter: Exporter, opset: int, max_batch: int
+) -> None:
+    if exporter == "torchscript":
+        axes = {name: {0: "batch"} for name in (*INPUT_NAMES, *OUTPUT_NAMES)}
+        torch.onnx.export(
+            graph,
+            inputs,
+            str(path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamic_axes=axes,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    else:
+        batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+        program = torch.onnx.export(
+            graph,
+            inputs,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamic_shapes={"lq": {0: batch}, "noise": {0: batch}},
+            dynamo=True,
+            verbose=False,
+        )
+        assert program is not None
+        program.save(str(path))
+
+
+def _stamp(path: Path, props: dict[str, str]) -> None:
+    """Write `props` into the file's metadata_props (the backends check them at load)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    onnx.checker.check_model(str(path))
+
+
+def _check_arguments(dtype: str, exporter: str, max_batch: int) -> None:
+    if dtype not in _TORCH_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_TORCH_DTYPES)}")
+    if exporter not in DEFAULT_OPSET:
+        raise ValueError(f"exporter {exporter!r} is not one of {', '.join(DEFAULT_OPSET)}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+
+
+def export_onnx(
+    model_dir: str | Path,
+    tile: int,
+    out: str | Path | None = None,
+    dtype: OnnxDType = "fp32",
+    max_batch: int = 8,
+    exporter: Exporter = "torchscript",
+    opset: int | None = None,
+) -> tuple[Path, OnnxRecord]:
+    """Export the artifact's one-step graph for `tile` x `tile` LR tiles.
+
+    Writes `out` (default `model_dir/export/tile{tile}[.fp16].onnx`) and its record in `export.json`
+    beside it (without parity numbers: `model_export.verify` adds them). Returns (path, record).
+    """
+    _check_arguments(dtype, exporter, max_batch)
+    opset = DEFAULT_OPSET[exporter] if opset is None else opset
+    model = OneStepSR.from_artifact(model_dir)
+    spec = model.spec
+    if tile <= 0 or tile % spec.lr_multiple:
+        raise ValueError(f"tile {tile} must be a positive multiple of {spec.lr_multiple} for this model")
+    path = Path(out) if out is not None else export_dir(model_dir) / onnx_file_name(tile, dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch_dtype = _TORCH_DTYPES[dtype]
+    graph = ExportGraph(model.to(torch_dtype), torch_dtype).eval()
+    _size_quantiser_chunks(model, max_batch)
+    start = time.perf_counter()
+    # not inference_mode: torch.export refuses inference tensors
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python-level shape check; with H and W fixed per file they are
+        # constants by design, and the batch never enters a Python branch.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        # chosen deliberately for fixed-size tiles (module docstring); the dynamo path stays available
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        _trace(graph, _example_inputs(model, tile, _TRACE_BATCH), path, exporter, opset, max_batch)
+    _stamp(
+        path,
+        {
+            META_SCHEDULE_HASH: spec.schedule_hash,
+            META_TILE: str(tile),
+            META_NOISE_CHANNELS: str(model.noise_channels),
+            META_DTYPE: dtype,
+            META_MODEL_NAME: spec.name,
+        },
+    )
+    record = OnnxRecord(
+        file=path.name,
+        tile=tile,
+        dtype=dtype,
+        opset=opset,
+        exporter=exporter,
+        schedule_hash=spec.schedule_hash,
+        model_name=spec.name,
+        noise_channels=model.noise_channels,
+        max_batch=max_batch,
+        torch_version=torch.__version__,
+        export_seconds=round(time.perf_counter() - start, 2),
+    )
+    write_export_record(path.parent, record)
+    return path, record

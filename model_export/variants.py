@@ -1,0 +1,97 @@
+"""Backend variants by name, for `rsd bench` and `rsd verify` (an explicit match, not a registry).
+
+    torch-{fp32,bf16,fp16}[-compile]                 torch on the bench device (eager, or torch.compile)
+    onnxruntime-{fp32,fp16}[-{all,extended,basic,disable}]   onnxruntime CPU provider, graph optimisation level
+    onnxruntime-{cuda,tensorrt}-{fp32,fp16}          onnxruntime GPU providers (onnxruntime-gpu)
+    tensorrt-{fp32,fp16,bf16}                        a TensorRT engine built by `rsd export tensorrt`
+
+ONNX variants export the tile graph first when the artifact has no export for it yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from model_export.to_onnx import export_onnx
+from rsd.backends.exported import export_dir, onnx_file_name
+
+BASELINE = "torch-fp32"
+VARIANT_HELP = (
+    "torch-{fp32,bf16,fp16}[-compile], onnxruntime-{fp32,fp16}[-{all,extended,basic,disable}], "
+    "onnxruntime-{cuda,tensorrt}-{fp32,fp16}, tensorrt-{fp32,fp16,bf16}"
+)
+_LEVELS = ("all", "extended", "basic", "disable")
+
+
+class Runner(Protocol):
+    name: str
+
+    def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray: ...
+
+    def run_with_codes(
+        self, lq_tiles: np.ndarray, seeds: Sequence[int], with_codes: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]: ...
+
+    def close(self) -> None: ...
+
+
+def ensure_onnx(model_dir: Path, tile: int, dtype: str) -> Path:
+    """The artifact's ONNX export for (tile, dtype), exported now if missing."""
+    path = export_dir(model_dir) / onnx_file_name(tile, dtype)  # type: ignore[arg-type]
+    if not path.is_file():
+        print(f"exporting {path} (once) ...", flush=True)
+        export_onnx(model_dir, tile, dtype=dtype)  # type: ignore[arg-type]
+    return path
+
+
+def _check_dtype(name: str, dtype: str, allowed: tuple[str, ...]) -> None:
+    if dtype not in allowed:
+        raise ValueError(f"variant {name!r}: dtype {dtype!r} is not one of {', '.join(allowed)}; use {VARIANT_HELP}")
+
+
+def make_variant(name: str, model_dir: Path, tile: int, device: str, threads: int | None) -> Runner:
+    """Build the backend called `name` (see the module docstring) for `tile` x `tile` LR tiles."""
+    from rsd.backends.onnxruntime_backend import OnnxRuntimeUpscaler
+    from rsd.backends.torch_backend import TorchUpscaler
+
+    runner: Runner
+    match name.split("-"):
+        case ["torch", dtype, *rest] if rest in ([], ["compile"]):
+            _check_dtype(name, dtype, ("fp32", "bf16", "fp16"))
+            runner = TorchUpscaler(model_dir, device=device, dtype=dtype, compile=bool(rest))
+        case ["onnxruntime", ("cuda" | "tensorrt") as provider, dtype]:
+            _check_dtype(name, dtype, ("fp32", "fp16"))
+            device_id = int(device.partition(":")[2] or 0)
+            runner = OnnxRuntimeUpscaler(
+                model_dir,
+                tile,
+                provider=provider,
+                dtype=dtype,  # type: ignore[arg-type]
+                device_id=device_id,
+                onnx_path=ensure_onnx(model_dir, tile, dtype),
+            )
+        case ["onnxruntime", dtype, *rest] if len(rest) <= 1 and set(rest) <= set(_LEVELS):
+            _check_dtype(name, dtype, ("fp32", "fp16"))
+            level = rest[0] if rest else "all"
+            runner = OnnxRuntimeUpscaler(
+                model_dir,
+                tile,
+                provider="cpu",
+                dtype=dtype,  # type: ignore[arg-type]
+                intra_op_threads=threads,
+                optimization=level,  # type: ignore[arg-type]
+                onnx_path=ensure_onnx(model_dir, tile, dtype),
+            )
+        case ["tensorrt", precision]:
+            _check_dtype(name, precision, ("fp32", "fp16", "bf16"))
+            from rsd.backends.tensorrt_backend import TensorRTUpscaler
+
+            runner = TensorRTUpscaler(model_dir, tile, device=device, precision=(precision,))
+        case _:
+            raise ValueError(f"unknown backend variant {name!r}; use {VARIANT_HELP}")
+    runner.name = name
+    return runner
