@@ -37,5 +37,8 @@ serve: setup
 bench: setup
 	$(BIN)/python bench/core_bench.py
 
+tiny-model: setup
+	scripts/tiny_model.sh
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache

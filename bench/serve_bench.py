@@ -150,14 +150,16 @@ def _server_timing(header: str) -> dict[str, float]:
     return parts
 
 
-def start_server(model: Path, batch: int, threads: int | None, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    model: Path, batch: int, fixed_batch: int, threads: int | None, log_path: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {
         **os.environ,
         "RSD_MAX_BATCH_TILES": str(batch),
-        "RSD_FIXED_BATCH": str(batch),
+        "RSD_FIXED_BATCH": str(fixed_batch),
         "REDIS_URL": "",
         "RSD_WARMUP": "all",
     }
@@ -213,6 +215,9 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=32)
     parser.add_argument("--size", type=int, default=32, help="LR image side (pixels)")
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument(
+        "--fixed-batch", type=int, default=1, help="the service's RSD_FIXED_BATCH (its CPU default is 1)"
+    )
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--window", type=float, default=20.0, help="seconds per measurement window")
@@ -239,7 +244,7 @@ def main() -> None:
     for n in range(1, args.batch + 1):  # first calls per batch shape are slow (kernel selection): not measured
         upscaler.run(np.zeros((n, 3, args.tile, args.tile), np.float32), list(range(n)))
     server_log = Path(tempfile.gettempdir()) / "serve_bench_server.log"
-    server, base = start_server(args.model, args.batch, args.threads, server_log)
+    server, base = start_server(args.model, args.batch, args.fixed_batch, args.threads, server_log)
     try:
         asyncio.run(service_window(base, images, args.concurrency, 5.0, args.tile, server.pid))  # warm-up
         direct_rates, service_rates, direct_cpu, service_cpu, timings = [], [], [], [], []

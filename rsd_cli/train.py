@@ -31,6 +31,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", type=Path, default=Path("eval.json"), help="JSON report (default eval.json)")
     ev.add_argument("--lpips-alexnet", type=Path, default=None, help="torchvision AlexNet state dict for LPIPS")
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--teacher", action="store_true", help="also run the artifact's 15-step teacher")
+    ev.add_argument("--detail", action="store_true", help="add the detail ratio (Laplacian energy vs HR)")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(handler=run_eval)
 
@@ -49,7 +51,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate_model, format_report, write_report
 
     lpips = LPIPSConfig(alexnet_weights=args.lpips_alexnet) if args.lpips_alexnet else None
-    result = evaluate_model(args.model, args.data, lpips, seed=args.seed, device=args.device)
+    result = evaluate_model(
+        args.model, args.data, lpips, seed=args.seed, device=args.device, teacher=args.teacher, detail=args.detail
+    )
     print(format_report(result))
     print(f"wrote {write_report(result, args.out)}")
     return 0

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from rsd.spec import ArtifactError
-from tests.training.tiny import CONFIGS, TEACHER, make_teacher_artifact, tiny_recipe
+from tests.training.tiny import CONFIGS, REPO, TEACHER, make_teacher_artifact, tiny_recipe
 from training.config import ConfigError, DistillRecipe, TeacherRecipe, load_recipe
 from training.data import BatchStream, DataError, PairDataset, list_images, random_hr_crop
 from training.distributed import DistContext
@@ -18,7 +18,7 @@ CPU = DistContext(0, 1, torch.device("cpu"))
 
 
 def test_official_recipe_has_the_method_values():
-    r = load_recipe(CONFIGS / "official_x4.toml", "distill")
+    r = load_recipe(REPO / "configs" / "official_x4.toml", "distill")
     assert isinstance(r, DistillRecipe)
     assert (r.optim.lr, r.optim.betas, r.optim.weight_decay) == (5e-5, (0.9, 0.95), 0.0)
     assert (r.loop.batch, r.loop.microbatch, r.loop.iterations, r.loop.seed) == (64, 8, 3000, 123456)
@@ -28,14 +28,17 @@ def test_official_recipe_has_the_method_values():
     assert d.detach_xt is False and d.sid_normalization and not d.time_power_ten and d.true_data
     assert (d.timestep_weighting, d.gan_loss, d.mse_weight) == ("uniform", "non_saturating", 0.0)
     assert r.data.hr_size == 256 and r.data.degradation.final_sinc_prob == 0.8
-    t = load_recipe(CONFIGS / "official_x4_teacher.toml", "teacher")
+    t = load_recipe(REPO / "configs" / "official_x4_teacher.toml", "teacher")
     assert isinstance(t, TeacherRecipe)
     assert t.unet.model_channels == 160 and t.optim.warmup_steps == 5000 and t.loop.iterations == 500000
 
 
 @pytest.mark.parametrize("name", ["tiny_autoencoder", "tiny_teacher", "tiny_distill"])
-def test_tiny_recipes_load(name):
-    assert load_recipe(CONFIGS / f"{name}.toml").stage == name.removeprefix("tiny_")
+@pytest.mark.parametrize("folder", ["tests", "repo"])
+def test_tiny_recipes_load(name, folder):
+    # both the tests' own recipes and the bundled model's recipes in configs/ validate
+    directory = CONFIGS if folder == "tests" else REPO / "configs"
+    assert load_recipe(directory / f"{name}.toml").stage == name.removeprefix("tiny_")
 
 
 def test_unknown_key_is_an_error_naming_it(tmp_path):
