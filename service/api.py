@@ -18,7 +18,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
-from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, FastAPI, Header, Query, Request
@@ -56,6 +56,8 @@ from service.schemas import (
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+#: the page's static files, next to this module (a plain path works in editable and wheel installs alike)
+WEB_DIR = Path(__file__).resolve().parent / "web"
 
 #: worker failure codes that are the input's fault map to the statuses of the image errors
 FAILURE_STATUS = {"empty": 400, "undecodable": 400, "too_large": 413, "unsupported": 415, "cancelled": 409}
@@ -100,7 +102,7 @@ def create_app(
     _add_error_handlers(app)
     _add_routes(app, state)
     _document_tiles(app, spec.tiles)
-    web = resources.files("service") / "web"
+    web = WEB_DIR
     app.mount("/web", StaticFiles(directory=str(web)), name="web")
     return app
 
@@ -364,5 +366,5 @@ def _add_routes(app: FastAPI, state: _AppState) -> None:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
-        page = (resources.files("service") / "web" / "index.html").read_text(encoding="utf-8")
+        page = (WEB_DIR / "index.html").read_text(encoding="utf-8")
         return HTMLResponse(page)
