@@ -127,9 +127,7 @@ def read_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
     if not data:
         raise ImageError("empty", "the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
-        raise ImageError(
-            "too_large", f"the image has {len(data)} bytes, above the limit of {limits.max_bytes}"
-        )
+        raise ImageError("too_large", f"the image has {len(data)} bytes, above the limit of {limits.max_bytes}")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Someone in this process switched Pillow to accept truncated files: a programming error.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; rsd.imagefile requires False")
@@ -150,9 +148,7 @@ def read_image_file(path: str | os.PathLike[str], limits: ImageLimits | None = N
     limits = limits or ImageLimits()
     size = os.stat(path).st_size
     if size > limits.max_bytes:
-        raise ImageError(
-            "too_large", f"{os.fspath(path)} has {size} bytes, above the limit of {limits.max_bytes}"
-        )
+        raise ImageError("too_large", f"{os.fspath(path)} has {size} bytes, above the limit of {limits.max_bytes}")
     with open(path, "rb") as file:
         data = file.read(limits.max_bytes + 1)  # the file may have grown since stat
     return read_image(data, limits)
@@ -213,8 +209,7 @@ def _check_header(image: Image.Image, limits: ImageLimits) -> None:
     if pixels > limits.max_input_pixels:
         raise ImageError(
             "too_large",
-            f"the image is {width}x{height} = {pixels} pixels, "
-            f"above the input limit of {limits.max_input_pixels}",
+            f"the image is {width}x{height} = {pixels} pixels, above the input limit of {limits.max_input_pixels}",
         )
     out_pixels = pixels * limits.scale**2
     if out_pixels > limits.max_output_pixels:
@@ -297,9 +292,7 @@ def _cmyk_to_rgb(image: Image.Image, icc: bytes | None) -> Image.Image:
             from PIL import ImageCms
 
             source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            converted = ImageCms.profileToProfile(
-                image, source, ImageCms.createProfile("sRGB"), outputMode="RGB"
-            )
+            converted = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
             if converted is not None:
                 return converted
         except Exception:  # no littlecms or a broken profile: fall back to the naive formula
@@ -343,9 +336,7 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.asarray(plane.resize((width * scale, height * scale), Image.Resampling.BICUBIC))
 
 
-def encode_image(
-    sr_rgb: np.ndarray, source: DecodedImage, fmt: OutputFormat = "png", quality: int = 95
-) -> bytes:
+def encode_image(sr_rgb: np.ndarray, source: DecodedImage, fmt: OutputFormat = "png", quality: int = 95) -> bytes:
     """Encode the model output in the source's mode family, with its alpha and ICC profile.
 
     sr_rgb: (s*H, s*W, 3) uint8, an integer multiple s of the source size. Grayscale sources come back
@@ -364,9 +355,7 @@ def encode_image(
     height, width = source.height, source.width
     scale = sr_rgb.shape[0] // height
     if scale < 1 or sr_rgb.shape[:2] != (scale * height, scale * width):
-        raise ValueError(
-            f"sr_rgb size {sr_rgb.shape[:2]} is not an integer multiple of the source {height}x{width}"
-        )
+        raise ValueError(f"sr_rgb size {sr_rgb.shape[:2]} is not an integer multiple of the source {height}x{width}")
     alpha = None if source.alpha is None else upscale_alpha(source.alpha, scale)
     if fmt == "jpeg" and alpha is not None:
         a = alpha[..., None].astype(np.uint32)

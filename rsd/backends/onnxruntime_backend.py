@@ -147,7 +147,7 @@ class OnnxRuntimeUpscaler(Upscaler):
         for name in outputs:
             binding.bind_output(name, "cuda", self.device_id)
         self.session.run_with_iobinding(binding)
-        return [value.numpy() for value in binding.get_outputs()]
+        return list(binding.copy_outputs_to_cpu())
 
     def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
         return self.run_with_codes(lq_tiles, seeds, with_codes=False)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ from rsd.backends.exported import ExportMismatchError, read_export_index
 from rsd.backends.onnxruntime_backend import OnnxRuntimeUpscaler
 from rsd.backends.torch_backend import TorchUpscaler
 from rsd.spec import ArtifactError, read_spec
+from rsd_cli import export as export_cli
 from tests.model_export.conftest import CHUNKS, MAX_BATCH, TILE
 
 
@@ -141,15 +143,18 @@ def test_gpu_provider_missing_is_a_clear_error(tiny_dir: Path) -> None:
         load_upscaler(tiny_dir, "onnxruntime", device="cuda", tile=TILE)
 
 
-def test_fp16_export_runs_with_fp32_io(tiny_dir: Path, tmp_path: Path) -> None:
+def test_cli_fp16_export_runs_with_fp32_io_and_is_verified(tiny_dir: Path, tmp_path: Path, capsys) -> None:
     work = shutil.copytree(tiny_dir, tmp_path / "fp16")
-    path, record = export_onnx(work, TILE, dtype="fp16")
-    model = onnx.load(str(path))
-    assert path.name == "tile32.fp16.onnx" and record.dtype == "fp16"
+    parser = argparse.ArgumentParser(prog="rsd")
+    export_cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["export", "onnx", "--model", str(work), "--tile", str(TILE), "--dtype", "fp16"])
+    assert args.handler(args) == 0
+    assert "onnxruntime-fp16" in capsys.readouterr().out
+    model = onnx.load(str(work / "export" / "tile32.fp16.onnx"))
     assert {i.type.tensor_type.elem_type for i in model.graph.input} == {onnx.TensorProto.FLOAT}
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    (parity,) = verify(work, TILE, [candidate("onnxruntime-fp16", work, TILE)], tiles=2, batch_sizes=[2], min_psnr=25.0)
-    assert parity.passed, parity
+    parity = read_export_index(work / "export").files["tile32.fp16.onnx"].parity["onnxruntime-fp16"]
+    assert parity.criterion == "psnr" and parity.passed and parity.batch_sizes == [1, 3]
 
 
 @pytest.mark.slow

@@ -60,6 +60,6 @@ def test_parity_tiles_are_seeded_and_in_range() -> None:
     tiles, seeds = parity_tiles(32, 4, seed=3)
     again, seeds_again = parity_tiles(32, 4, seed=3)
     assert tiles.shape == (4, 3, 32, 32) and tiles.dtype == np.float32
-    assert -1.0 <= tiles.min() and tiles.max() <= 1.0
+    assert tiles.min() >= -1.0 and tiles.max() <= 1.0
     np.testing.assert_array_equal(tiles, again)
     assert seeds == seeds_again and len(set(seeds)) == 4

@@ -305,9 +305,7 @@ def test_refuses_to_run_with_truncation_allowed(monkeypatch: pytest.MonkeyPatch)
 
 
 def rgb_source(height: int = 4, width: int = 4) -> DecodedImage:
-    return read_image(
-        encode(Image.fromarray(RNG.integers(0, 256, (height, width, 3), dtype=np.uint8)), "PNG")
-    )
+    return read_image(encode(Image.fromarray(RNG.integers(0, 256, (height, width, 3), dtype=np.uint8)), "PNG"))
 
 
 def test_quality_changes_jpeg() -> None:

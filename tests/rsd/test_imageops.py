@@ -131,9 +131,7 @@ def test_split_tiles_cuts_the_padded_image() -> None:
 
 def hr_tiles(hr: np.ndarray, grid_positions: list[tuple[int, int]], tile: int) -> np.ndarray:
     size = tile * SCALE
-    return np.stack(
-        [hr[:, SCALE * y : SCALE * y + size, SCALE * x : SCALE * x + size] for y, x in grid_positions]
-    )
+    return np.stack([hr[:, SCALE * y : SCALE * y + size, SCALE * x : SCALE * x + size] for y, x in grid_positions])
 
 
 @pytest.mark.parametrize("mode", ["smooth", "uniform"])
@@ -167,9 +165,7 @@ def test_smooth_weights_are_continuous_uniform_steps(height: int, width: int) ->
     grid = plan_tiles(height, width, 16, 8, 4)
     n = len(grid.positions)
     # neighbouring tiles disagree completely (+1 / -1 in a checkerboard over the tile grid)
-    values = [
-        1.0 if (grid.row_starts.index(y) + grid.col_starts.index(x)) % 2 else -1.0 for y, x in grid.positions
-    ]
+    values = [1.0 if (grid.row_starts.index(y) + grid.col_starts.index(x)) % 2 else -1.0 for y, x in grid.positions]
     tiles = np.stack([np.full((3, 64, 64), v, dtype=np.float32) for v in values])
     smooth = blend_tiles(tiles, grid, SCALE, "smooth")
     uniform = blend_tiles(tiles, grid, SCALE, "uniform")
