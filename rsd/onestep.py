@@ -10,6 +10,7 @@ same image on torch, onnxruntime and TensorRT.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,15 +43,7 @@ class OneStepSR(nn.Module):
     @classmethod
     def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> OneStepSR:
         """Strictly load an artifact directory (spec.json + weights.safetensors), eval mode."""
-        spec, states = load_artifact(model_dir)
-        with torch.device("meta"):
-            student = UNetModelSwin(spec.student)
-            autoencoder = VQModelTorch(spec.autoencoder)
-        student = student.to_empty(device=device)
-        autoencoder = autoencoder.to_empty(device=device)
-        load_state_strict(student, states["student"], "student")
-        load_state_strict(autoencoder, states["autoencoder"], "autoencoder")
-        return cls(spec, student, autoencoder).eval()
+        return cls(*load_nets(model_dir, "student", device)).eval()
 
     @property
     def noise_channels(self) -> int:
@@ -87,7 +80,19 @@ class OneStepSR(nn.Module):
         return self.autoencoder.decode(x0).clamp(-1.0, 1.0)
 
 
-def require_teacher(spec: ModelSpec) -> ModelSpec:
-    if spec.teacher is None:
+def load_nets(
+    model_dir: str | Path, unet: Literal["student", "teacher"], device: str | torch.device
+) -> tuple[ModelSpec, UNetModelSwin, VQModelTorch]:
+    """Strictly load an artifact's `unet` and its autoencoder (built on the meta device, then filled)."""
+    spec, states = load_artifact(model_dir)
+    config = spec.student if unet == "student" else spec.teacher
+    if config is None:
         raise ArtifactError(f"artifact {spec.name!r} has no teacher weights (needed for 15-step sampling)")
-    return spec
+    with torch.device("meta"):
+        net = UNetModelSwin(config)
+        autoencoder = VQModelTorch(spec.autoencoder)
+    net = net.to_empty(device=device)
+    autoencoder = autoencoder.to_empty(device=device)
+    load_state_strict(net, states[unet], unet)
+    load_state_strict(autoencoder, states["autoencoder"], "autoencoder")
+    return spec, net, autoencoder

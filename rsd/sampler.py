@@ -12,11 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rsd.artifact import load_artifact, load_state_strict
 from rsd.denoiser import Denoiser
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
-from rsd.onestep import bicubic_x4, require_teacher
+from rsd.onestep import bicubic_x4, load_nets
 from rsd.schedule import Schedule
 from rsd.spec import ModelSpec
 
@@ -31,17 +30,7 @@ class TeacherSampler(nn.Module):
 
     @classmethod
     def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> TeacherSampler:
-        spec, states = load_artifact(model_dir)
-        teacher_cfg = require_teacher(spec).teacher
-        assert teacher_cfg is not None
-        with torch.device("meta"):
-            teacher = UNetModelSwin(teacher_cfg)
-            autoencoder = VQModelTorch(spec.autoencoder)
-        teacher = teacher.to_empty(device=device)
-        autoencoder = autoencoder.to_empty(device=device)
-        load_state_strict(teacher, states["teacher"], "teacher")
-        load_state_strict(autoencoder, states["autoencoder"], "autoencoder")
-        return cls(spec, teacher, autoencoder).eval()
+        return cls(*load_nets(model_dir, "teacher", device)).eval()
 
     @property
     def noise_channels(self) -> int:
