@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -83,7 +84,12 @@ def test_metrics_are_aggregated_over_two_uvicorn_processes(
     bad = httpx.post(f"{base}/upscale", content=b"not an image", headers={"Content-Type": "image/png"}, timeout=10)
     assert bad.status_code == 400
     expected_tiles = 4 * (1 + 1 + 4)
+    # a request's duration is recorded as its response goes out: give the last one a moment to land
+    deadline = time.monotonic() + 10
     served = _requests_per_process(metrics_dir, tmp_path / "one")
+    while sum(served.values()) < len(sizes) + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        served = _requests_per_process(metrics_dir, tmp_path / "one")
     assert len(served) == 2 and sum(served.values()) == len(sizes) + 1, served  # both processes answered
     for _ in range(4):  # whichever process answers, the totals are the same
         families = _scrape(base)
