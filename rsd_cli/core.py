@@ -74,7 +74,12 @@ def run_upscale(args: argparse.Namespace) -> int:
     read_spec(model_dir)  # fail fast, before decoding anything
     targets = _outputs(args.inputs, args.out, args.format)
     limits = ImageLimits()
-    images = [read_image_file(p, limits) for p in args.inputs]  # all inputs valid before any work
+    images = []  # all inputs are read and checked before any work, so a bad one writes nothing
+    for path in args.inputs:
+        try:
+            images.append(read_image_file(path, limits))
+        except ImageError as exc:
+            raise ImageError(exc.code, f"{path}: {exc}") from exc
     if not 1 <= args.quality <= 100:
         raise ValueError(f"--quality {args.quality} must be in 1..100")
     upscaler = load_upscaler(model_dir, args.backend, device=args.device, dtype=args.dtype)
