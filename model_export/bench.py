@@ -209,52 +209,74 @@ def run_bench(
     teacher: bool,
     out_dir: Path,
 ) -> dict[str, Any]:
-    """Measure, print the table, write JSON + PNG into `out_dir`; returns the JSON document."""
+    """Measure, print the table, write JSON + PNG into `out_dir`; returns the JSON document.
+
+    The backend table is printed and saved before the (long) teacher comparison starts.
+    """
     import torch
 
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        runners, load_mib = {}, {}
-        for name in [BASELINE, *[v for v in variants if v != BASELINE]]:
-            before = PeakRss.current()
-            runners[name] = make_variant(name, model_dir, tile, device, threads)
-            load_mib[name] = (PeakRss.current() - before) / 2**20  # weights / session / engine resident
-        lq, seeds = parity_tiles(tile, max(batches), seed=0)
-        results = measure_backends(runners, lq, seeds, batches, repeats, device)
-        for name, mib in load_mib.items():
-            results[name]["load_mib"] = mib
-        for runner in runners.values():
-            runner.close()
-        ratio = teacher_ratio(model_dir, tile, device, repeats) if teacher else None
-    finally:
-        torch.set_num_threads(previous_threads)
     spec_name = json.loads((model_dir / "spec.json").read_text()).get("name", model_dir.name)
     title = f"{spec_name}, LR tile {tile} -> {4 * tile}px, {device}, threads={threads}"
-    print(title)
-    print(format_table(results, batches))
-    if ratio is not None:
-        print(
-            f"15-step teacher / one-step time ratio: {ratio['speed_ratio']:.2f}x "
-            f"(FLOP ratio {ratio['flop_ratio']:.2f}x; one-step {ratio['one_step_gflops']:.0f} GFLOP, "
-            f"teacher {ratio['teacher_gflops']:.0f} GFLOP)"
-        )
-    document = {
+    document: dict[str, Any] = {
         "model": str(model_dir),
         "tile": tile,
         "device": device,
         "threads": threads,
         "batches": list(batches),
         "repeats": repeats,
-        "backends": results,
-        "teacher": ratio,
-        "load_average": os.getloadavg(),
         "torch_version": torch.__version__,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_{spec_name}_{tile}"
-    (out_dir / f"{stem}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
-    plot(results, batches, out_dir / f"{stem}.png", title)
-    print(f"wrote {out_dir / (stem + '.json')} and {stem}.png")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        document["backends"] = measure_variants(model_dir, tile, variants, batches, repeats, device, threads)
+        document["load_average"] = os.getloadavg()
+        print(title)
+        print(format_table(document["backends"], batches), flush=True)
+        _save(document, out_dir, f"bench_{spec_name}_{tile}", title)
+        if teacher:
+            document["teacher"] = ratio = teacher_ratio(model_dir, tile, device, repeats)
+            if ratio is not None:
+                print(
+                    f"15-step teacher / one-step time ratio: {ratio['speed_ratio']:.2f}x "
+                    f"(FLOP ratio {ratio['flop_ratio']:.2f}x; one-step {ratio['one_step_gflops']:.0f} GFLOP, "
+                    f"teacher {ratio['teacher_gflops']:.0f} GFLOP)"
+                )
+                _save(document, out_dir, f"bench_{spec_name}_{tile}", title)
+    finally:
+        torch.set_num_threads(previous_threads)
     return document
+
+
+def measure_variants(
+    model_dir: Path,
+    tile: int,
+    variants: Sequence[str],
+    batches: Sequence[int],
+    repeats: int,
+    device: str,
+    threads: int | None,
+) -> dict[str, dict[str, Any]]:
+    """Build every variant (torch fp32 first, the baseline), measure them side by side, release them."""
+    runners, load_mib = {}, {}
+    for name in [BASELINE, *[v for v in variants if v != BASELINE]]:
+        before = PeakRss.current()
+        runners[name] = make_variant(name, model_dir, tile, device, threads)
+        load_mib[name] = (PeakRss.current() - before) / 2**20  # weights / session / engine resident
+    lq, seeds = parity_tiles(tile, max(batches), seed=0)
+    try:
+        results = measure_backends(runners, lq, seeds, batches, repeats, device)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    for name, mib in load_mib.items():
+        results[name]["load_mib"] = mib
+    return results
+
+
+def _save(document: dict[str, Any], out_dir: Path, stem: str, title: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+    plot(document["backends"], document["batches"], out_dir / f"{stem}.png", title)
+    print(f"wrote {out_dir / (stem + '.json')} and {stem}.png", flush=True)
