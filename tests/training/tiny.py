@@ -8,10 +8,11 @@ from typing import Any
 import torch
 
 from rsd.artifact import save_artifact
-from rsd.config import DDConfig, ScheduleConfig, UNetConfig, VQConfig
+from rsd.config import ScheduleConfig, UNetConfig
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
 from rsd.spec import ModelSpec
+from tests.factories import TINY_VQ
 from training.config import load_recipe, recipe_from_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ TEACHER = UNetConfig(
     swin_embed_dim=32,
     window_size=8,
 )
-VQ = VQConfig(embed_dim=3, n_embed=64, ddconfig=DDConfig(ch=32, ch_mult=[1, 1, 1], num_res_blocks=1, resolution=64))
+VQ = TINY_VQ  # the same tiny autoencoder the core tests use
 
 
 def perturbed_state(module: torch.nn.Module, gen: torch.Generator, std: float) -> dict[str, torch.Tensor]:
