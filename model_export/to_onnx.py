@@ -4,9 +4,10 @@ The graph is `OneStepSR.from_artifact(dir)` itself (invariant 2), traced with it
 second output for parity checks:
 
     inputs   lq    (N, 3, t, t)               float32 in [-1, 1]
-             noise (N, 3 + noise_channels, t, t) float32 standard normal, drawn on the host (rsd.noise)
+             noise (N, C + noise_channels, t, t) float32 standard normal (C latent channels), from rsd.noise
     outputs  sr    (N, 3, 4t, 4t)             float32 in [-1, 1]
-             codes (N, t, t)                  int32 VQ codebook indices (method.md 3)
+             codes (N, t, t)                  int32 VQ codebook indices (method.md 3); zeros when the
+                                              autoencoder has a continuous latent (decode_quantized off)
 
 Exporter: the TorchScript-based exporter (`dynamo=False`) is the default. It is exact (official x4
 config, tile 64, random weights: max-abs 4.6e-5 against torch fp32 at batch 1 and 3, no VQ code flips;
@@ -78,8 +79,10 @@ class ExportGraph(nn.Module):
             sr = self.model(lq.to(self.dtype), noise.to(self.dtype))
         finally:
             hook.remove()
-        # int32: TensorRT and the GPU providers handle it natively; 8192 codes fit easily.
-        return sr.float(), captured[0].to(torch.int32)
+        # int32: TensorRT and the GPU providers handle it natively; 8192 codes fit easily. A continuous-latent
+        # autoencoder (decode_quantized off) never quantises: its codes output is all zeros.
+        codes = captured[0] if captured else torch.zeros_like(lq[:, 0], dtype=torch.int32)
+        return sr.float(), codes.to(torch.int32)
 
 
 def _size_quantiser_chunks(model: OneStepSR, max_batch: int) -> None:

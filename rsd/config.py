@@ -113,6 +113,22 @@ class DDConfig(_Strict):
     dropout: float = 0.0
     # Accepted for config compatibility; the reference swallows it too (method.md 3).
     padding_mode: str = "zeros"
+    #: GroupNorm groups (reference: 32). With 32 groups over 32 channels every channel is normalised on its
+    #: own, which erases each channel's mean over the image: a 32-channel net then cannot carry colour or
+    #: brightness past its output norm (measured: colours drift to grey). Small nets use fewer groups so a
+    #: group spans several channels, as the reference's 128 channels / 32 groups does (4 per group).
+    norm_groups: int = Field(default=32, ge=1)
+    #: self-attention over all latent positions in the encoder's and decoder's middle block (reference:
+    #: always). Off = a fully convolutional autoencoder: a tile's latent no longer depends on the whole
+    #: tile, and on CPU the two attentions cost about a quarter of the VQ time at tile 64 (bundled model).
+    mid_attention: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> DDConfig:
+        widths = sorted({self.ch * m for m in self.ch_mult})
+        if any(w % self.norm_groups for w in widths):
+            raise ValueError(f"norm_groups {self.norm_groups} must divide every level width {widths} (ch x ch_mult)")
+        return self
 
     @property
     def downsample_factor(self) -> int:
@@ -125,6 +141,10 @@ class VQConfig(_Strict):
     embed_dim: int = 3
     n_embed: int = 8192
     ddconfig: DDConfig = Field(default_factory=DDConfig)
+    #: decode snaps the latent to the codebook first (method.md 3; the published weights and parity need
+    #: it). False = a continuous-latent autoencoder: the codebook is unused and decode reads z as is (our
+    #: bundled model's choice, where a small codebook capped the reconstruction; models/rsd-tiny/MODEL_CARD.md).
+    decode_quantized: bool = True
 
     @property
     def downsample_factor(self) -> int:

@@ -42,6 +42,9 @@ class ModelSpec(_Strict):
     tiles: list[int] = Field(default_factory=lambda: [64, 128])
     default_tile: int = 64
     default_overlap: int = 16
+    #: after decoding, one back-projection step onto the LR input (rsd.onestep.lr_consistent) [ours]:
+    #: off for the published weights (parity), on for the bundled model, whose small autoencoder drifts
+    lr_consistency: bool = False
     #: free-form provenance (source files, training run, licence)
     provenance: dict[str, str] = Field(default_factory=dict)
 

@@ -82,7 +82,7 @@ def run_upscale(args: argparse.Namespace) -> int:
             raise ImageError(exc.code, f"{path}: {exc}") from exc
     if not 1 <= args.quality <= 100:
         raise ValueError(f"--quality {args.quality} must be in 1..100")
-    upscaler = load_upscaler(model_dir, args.backend, device=args.device, dtype=args.dtype)
+    upscaler = load_upscaler(model_dir, args.backend, device=args.device, dtype=args.dtype, tile=args.tile)
     with upscaler:
         for src, image, target in zip(args.inputs, images, targets, strict=True):
             tile = choose_tile(upscaler.spec, image.rgb.shape[0], image.rgb.shape[1], args.tile)

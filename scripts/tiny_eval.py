@@ -10,14 +10,20 @@ between the `<!-- metrics:start -->` / `<!-- metrics:end -->` markers of MODEL/M
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import torch
 from PIL import Image
@@ -46,13 +52,52 @@ def metrics_table(result: dict) -> str:
         "",
         f"Wall time on the held-out LR images (clean set, this machine, same run): student {t['student_s']:.2f} s, "
         f"teacher {t['teacher_s']:.2f} s, ratio {t['ratio']:.1f}x. End-to-end `rsd upscale` of a 256x256 photo "
-        f"(process start to PNG written): {t['upscale_256_s']:.2f} s.",
+        f"(process start to PNG written): {t['upscale_256_s']:.2f} s. Served by `rsd serve` (as `make serve` runs "
+        f"it; upload to last byte of the PNG, warm server): "
+        + ", ".join(f"{x:.2f}" for x in t["served_256_s"])
+        + " s.",
     ]
     return "\n".join(lines)
 
 
+def _photo_256(data: Path) -> np.ndarray:
+    return np.asarray(Image.open(data / "eval_bicubic" / "coffee.png").convert("RGB"))[:256, :256]
+
+
+def time_served(model: Path, data: Path, repeats: int = 3) -> list[float]:
+    """`rsd serve` (embedded, as `make serve` runs it): seconds per POST /upscale of a 256x256 photo, each
+    from sending the upload to the last byte of the 1024x1024 PNG, after the server reported ready."""
+    buffer = io.BytesIO()
+    Image.fromarray(_photo_256(data)).save(buffer, "PNG")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "rsd_cli.main", "serve", "--port", str(port), "--model", str(model)]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "rsd serve did not become ready"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.2)
+        seconds = []
+        for seed in range(repeats):
+            start = time.perf_counter()
+            files = {"image": ("photo.png", buffer.getvalue(), "image/png")}
+            response = httpx.post(f"{base}/upscale", files=files, params={"seed": seed}, timeout=120)
+            seconds.append(time.perf_counter() - start)
+            assert response.status_code == 200 and Image.open(io.BytesIO(response.content)).size == (1024, 1024)
+        return seconds
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
 def time_upscale(model: Path, data: Path) -> float:
-    hr = np.asarray(Image.open(data / "eval_bicubic" / "coffee.png").convert("RGB"))[:256, :256]
+    hr = _photo_256(data)
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.png", Path(tmp) / "out.png"
         Image.fromarray(hr).save(src)
@@ -97,6 +142,7 @@ def main(model: Path, data: Path) -> None:
         "teacher_s": sec["teacher"],
         "ratio": sec["teacher"] / sec["model"],
         "upscale_256_s": time_upscale(model, data),
+        "served_256_s": time_served(model, data),
     }
     (model / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     before_after(model, data, model / "before_after.png")

@@ -41,32 +41,49 @@ def _perturbed(module: torch.nn.Module, generator: torch.Generator, std: float) 
     return state
 
 
-def tiny_weights(seed: int = 0, teacher: bool = False) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+#: the bundled model's layout (configs/tiny_*.toml) at test size: 8 continuous latent channels, no VQ
+#: middle-block attention, 4 channels per GroupNorm group, and the LR-consistency step
+CONTINUOUS_VQ = VQConfig(
+    embed_dim=8,
+    n_embed=16,
+    decode_quantized=False,
+    ddconfig=DDConfig(z_channels=8, ch=32, ch_mult=[1, 1, 1], num_res_blocks=1, resolution=64, norm_groups=8,
+                      mid_attention=False),
+)  # fmt: skip
+CONTINUOUS_UNET = TINY_UNET.model_copy(update={"in_channels": 8, "out_channels": 8})
+
+
+def tiny_weights(
+    seed: int = 0, teacher: bool = False, continuous: bool = False
+) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    student = UNetModelSwin(TINY_UNET)
-    autoencoder = VQModelTorch(TINY_VQ)
+    unet_cfg, vq_cfg = (CONTINUOUS_UNET, CONTINUOUS_VQ) if continuous else (TINY_UNET, TINY_VQ)
+    student = UNetModelSwin(unet_cfg)
+    autoencoder = VQModelTorch(vq_cfg)
     weights = {f"student.{k}": v for k, v in _perturbed(student, gen, 0.05).items()}
     weights |= {f"autoencoder.{k}": v for k, v in _perturbed(autoencoder, gen, 0.02).items()}
     teacher_cfg = None
     if teacher:
-        teacher_cfg = TINY_UNET.with_noise_channels(0)
+        teacher_cfg = unet_cfg.with_noise_channels(0)
         teacher_net = UNetModelSwin(teacher_cfg)
         weights |= {f"teacher.{k}": v for k, v in _perturbed(teacher_net, gen, 0.05).items()}
     spec = ModelSpec(
         name="tiny-random",
-        student=TINY_UNET,
-        autoencoder=TINY_VQ,
+        student=unet_cfg,
+        autoencoder=vq_cfg,
         schedule=ScheduleConfig(),
         teacher=teacher_cfg,
         tiles=[32, 64],
         default_tile=64,
         default_overlap=16,
+        lr_consistency=continuous,
     )
     return spec, weights
 
 
-def make_tiny_artifact(directory: Path, seed: int = 0, teacher: bool = False) -> Path:
-    """Write a tiny random-weight artifact (student + VQ [+ teacher]) into `directory`."""
-    spec, weights = tiny_weights(seed, teacher)
+def make_tiny_artifact(directory: Path, seed: int = 0, teacher: bool = False, continuous: bool = False) -> Path:
+    """Write a tiny random-weight artifact (student + VQ [+ teacher]) into `directory`; `continuous` gives
+    the bundled model's layout (CONTINUOUS_VQ, CONTINUOUS_UNET, lr_consistency)."""
+    spec, weights = tiny_weights(seed, teacher, continuous)
     return save_artifact(directory, spec, weights)

@@ -37,6 +37,8 @@ class ReconstructionNet(nn.Module):
 
     def forward(self, hr: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         z = self.vq.encode(hr)
+        if not self.vq.config.decode_quantized:  # continuous latent: no codebook, z_q = z (loss 0)
+            return self.vq.decode(z), z, z
         z_q, _ = self.vq.quantize(z)  # argmin has no gradient; z_q is differentiable in the codebook
         rec = self.vq.decode(z + (z_q - z).detach(), force_not_quantize=True)  # straight-through
         return rec, z, z_q
@@ -89,7 +91,7 @@ class AutoencoderStage:
         # HR crops only: plain bicubic LR (cheap) since the LR is not used
         data = recipe.data.model_copy(update={"bicubic_fraction": 1.0})
         self.batches = LatentBatches(data, loop.seed, ctx, loop.batch, None)
-        if recipe.init_from is None and loss.codebook_init == "data":
+        if recipe.init_from is None and loss.codebook_init == "data" and recipe.autoencoder.decode_quantized:
             self._init_codebook_from_data(loop.seed)
         self._val_hr: Tensor | None = None
 
@@ -172,11 +174,11 @@ class AutoencoderStage:
             return {}, {}
         self.vq.eval()
         z = self.vq.encode(self._val_hr)
-        _, idx = self.vq.quantize(z)
-        rec = self.vq.decode(z)  # quantised decode, as inference does (method.md 3)
+        rec = self.vq.decode(z)  # quantised decode (unless decode_quantized is off), as inference does
         self.vq.train()
         metrics = {k: sum(v) / len(v) for k, v in image_metrics(rec, self._val_hr).items()}
-        metrics["codes_used"] = float(idx.unique().numel())
+        if self.vq.config.decode_quantized:
+            metrics["codes_used"] = float(self.vq.quantize(z)[1].unique().numel())
         return metrics, {"hr_reconstruction": pair_grid(self._val_hr, rec)}
 
     def export(self, run_dir: Path) -> Path:

@@ -95,6 +95,9 @@ class DataConfig(_Strict):
     #: 4.12, `rescale_gt: True`); "crop": a random hr_size patch at the native resolution
     crop: Literal["rescale", "crop"] = "rescale"
     hflip: bool = True
+    #: random RGB channel order per crop: more colours from few photos (the bundled autoencoder: 6 of its
+    #: 13 photos are grayscale); off for SR stages, where colours should stay natural
+    channel_shuffle: bool = False
     #: fraction of pairs whose LR is a plain bicubic downsample instead of the Real-ESRGAN degradation
     bicubic_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     degradation: DegradationConfig = Field(default_factory=DegradationConfig)
@@ -125,6 +128,10 @@ class OptimConfig(_Strict):
     warmup_steps: int = Field(default=0, ge=0)
     #: gradient-norm clipping (0 = off; the reference does not clip)
     grad_clip: float = Field(default=0.0, ge=0)
+    #: cosine decay from lr down to lr * final_lr_ratio at this step (0 = none; the reference keeps lr
+    #: constant). Short CPU runs (the bundled model) end better with a decayed rate.
+    cosine_steps: int = Field(default=0, ge=0)
+    final_lr_ratio: float = Field(default=0.1, ge=0, le=1)
 
 
 class LoopConfig(_Strict):
@@ -166,6 +173,9 @@ class ExportConfig(_Strict):
     default_overlap: int = 16
     #: also store the frozen teacher (`teacher.*`) for the 15-step sampler (distillation only)
     include_teacher: bool = True
+    #: spec `lr_consistency`: a back-projection step onto the LR after decoding (rsd.onestep.lr_consistent);
+    #: the student's image-space losses then see the corrected output too
+    lr_consistency: bool = False
 
 
 class AutoencoderLoss(_Strict):

@@ -125,6 +125,8 @@ class PairDataset:
     def pair(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, epoch, index])
         hr_u8 = random_hr_crop(self.read(index), self.cfg.hr_size, self.cfg.crop, self.cfg.hflip, rng)
+        if self.cfg.channel_shuffle:  # colour augmentation: a random RGB order per crop (autoencoder)
+            hr_u8 = np.ascontiguousarray(hr_u8[..., rng.permutation(3)])
         hr = to_tensor01(hr_u8)
         if rng.uniform() < self.cfg.bicubic_fraction:
             lr = bicubic_downsample(hr, self.cfg.degradation.scale)

@@ -21,7 +21,7 @@ from torch import Tensor
 from rsd.artifact import save_artifact
 from rsd.config import ScheduleConfig, UNetConfig
 from rsd.nets.unet import UNetModelSwin, widen_first_conv
-from rsd.onestep import OneStepSR
+from rsd.onestep import OneStepSR, lr_consistent
 from rsd.schedule import Schedule
 from rsd.spec import SPEC_FILE, ArtifactError, read_spec
 from training.batches import Batch, GlobalNoise, LatentBatches, encode_pairs
@@ -229,6 +229,8 @@ class DistillStage:
         use_lpips = self.lpips is not None and cfg.lpips_weight > 0
         if use_lpips or (cfg.mse_weight > 0 and cfg.mse_space == "image"):
             sr = self.vq.decode_straight_through(x0_hat)  # 4.9: straight-through VQ decode
+            if self.spec.lr_consistency:  # the losses judge what inference outputs
+                sr = lr_consistent(sr, mb.lr)
         if use_lpips and self.lpips is not None and sr is not None:
             l_lp = self.lpips(sr, mb.hr).mean()
             total = total + cfg.lpips_weight * l_lp

@@ -7,6 +7,7 @@ the teacher plus the zero noise column.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -55,9 +56,13 @@ def adamw(params: Iterable[nn.Parameter], cfg: OptimConfig) -> torch.optim.AdamW
 
 
 def set_lr(optimizer: torch.optim.Optimizer, cfg: OptimConfig, step: int) -> float:
-    """Linear warm-up over cfg.warmup_steps, then constant (method.md 1.7, 4.11). Stateless, so a
-    resumed run continues the same schedule. `step` is 0-based."""
+    """Linear warm-up over cfg.warmup_steps, then constant (method.md 1.7, 4.11) or, with cfg.cosine_steps,
+    a cosine decay to lr * final_lr_ratio at that step. Stateless, so a resumed run continues the same
+    schedule. `step` is 0-based."""
     lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    if cfg.cosine_steps:
+        cos = 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / cfg.cosine_steps)))
+        lr *= cfg.final_lr_ratio + (1.0 - cfg.final_lr_ratio) * cos
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr

@@ -53,6 +53,7 @@ def make_spec(
         tiles=export.tiles,
         default_tile=export.default_tile,
         default_overlap=export.default_overlap,
+        lr_consistency=export.lr_consistency,
         provenance=provenance,
     )
 

@@ -28,18 +28,18 @@ def _swish(x: Tensor) -> Tensor:
     return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """GN -> swish -> conv3x3 -> GN -> swish -> (dropout) -> conv3x3, plus a 1x1 shortcut if Cin != Cout."""
 
-    def __init__(self, in_channels: int, out_channels: int, dropout: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, dropout: float, groups: int = 32) -> None:
         super().__init__()
-        self.norm1 = _norm(in_channels)
+        self.norm1 = _norm(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels)
+        self.norm2 = _norm(out_channels, groups)
         self.dropout = dropout
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -63,9 +63,9 @@ class AttnBlock(nn.Module):
     token view, which equals the three convolutions exactly.
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, groups: int = 32) -> None:
         super().__init__()
-        self.norm = _norm(channels)
+        self.norm = _norm(channels, groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -133,16 +133,18 @@ class Upsample(nn.Module):
 
 
 class MidBlock(nn.Module):
-    """ResnetBlock -> AttnBlock -> ResnetBlock at the lowest resolution (always present)."""
+    """ResnetBlock -> AttnBlock -> ResnetBlock at the lowest resolution (the attention unless the config's
+    `mid_attention` is off)."""
 
-    def __init__(self, channels: int, dropout: float) -> None:
+    def __init__(self, channels: int, dropout: float, groups: int = 32, attention: bool = True) -> None:
         super().__init__()
-        self.block_1 = ResnetBlock(channels, channels, dropout)
-        self.attn_1 = AttnBlock(channels)
-        self.block_2 = ResnetBlock(channels, channels, dropout)
+        self.block_1 = ResnetBlock(channels, channels, dropout, groups)
+        self.attn_1 = AttnBlock(channels, groups) if attention else None
+        self.block_2 = ResnetBlock(channels, channels, dropout, groups)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.block_2(self.attn_1(self.block_1(x)))
+        h = self.block_1(x)
+        return self.block_2(h if self.attn_1 is None else self.attn_1(h))
 
 
 class Level(nn.Module):
@@ -152,10 +154,13 @@ class Level(nn.Module):
     "down", "up" or None; it is registered as `downsample` / `upsample` (reference names).
     """
 
-    def __init__(self, channels: list[int], with_attn: bool, dropout: float, resample: str | None) -> None:
+    def __init__(
+        self, channels: list[int], with_attn: bool, dropout: float, resample: str | None, groups: int = 32
+    ) -> None:
         super().__init__()
-        self.block = nn.ModuleList(ResnetBlock(c_in, c_out, dropout) for c_in, c_out in itertools.pairwise(channels))
-        self.attn = nn.ModuleList(AttnBlock(c) for c in channels[1:]) if with_attn else nn.ModuleList()
+        pairs = itertools.pairwise(channels)
+        self.block = nn.ModuleList(ResnetBlock(c_in, c_out, dropout, groups) for c_in, c_out in pairs)
+        self.attn = nn.ModuleList(AttnBlock(c, groups) for c in channels[1:]) if with_attn else nn.ModuleList()
         if resample not in ("down", "up", None):
             raise ValueError(f"resample must be 'down', 'up' or None, got {resample!r}")
         self.downsample = Downsample(channels[-1]) if resample == "down" else None
@@ -185,11 +190,12 @@ class Encoder(nn.Module):
             block_out = cfg.ch * mult
             last = i_level == len(cfg.ch_mult) - 1
             widths = [block_in] + [block_out] * cfg.num_res_blocks
-            self.down.append(Level(widths, res in cfg.attn_resolutions, cfg.dropout, None if last else "down"))
+            resample = None if last else "down"
+            self.down.append(Level(widths, res in cfg.attn_resolutions, cfg.dropout, resample, cfg.norm_groups))
             res = res if last else res // 2
             block_in = block_out
-        self.mid = MidBlock(block_in, cfg.dropout)
-        self.norm_out = _norm(block_in)
+        self.mid = MidBlock(block_in, cfg.dropout, cfg.norm_groups, cfg.mid_attention)
+        self.norm_out = _norm(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * cfg.z_channels if cfg.double_z else cfg.z_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -207,18 +213,18 @@ class Decoder(nn.Module):
         block_in = cfg.ch * cfg.ch_mult[-1]
         res = cfg.resolution // cfg.downsample_factor
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, padding=1)
-        self.mid = MidBlock(block_in, cfg.dropout)
+        self.mid = MidBlock(block_in, cfg.dropout, cfg.norm_groups, cfg.mid_attention)
         levels: list[Level] = []
         # Built from the lowest resolution up; `up.0` is the full-resolution level (reference naming).
         for i_level in reversed(range(len(cfg.ch_mult))):
             block_out = cfg.ch * cfg.ch_mult[i_level]
             widths = [block_in] + [block_out] * (cfg.num_res_blocks + 1)
             resample = "up" if i_level != 0 else None
-            levels.insert(0, Level(widths, res in cfg.attn_resolutions, cfg.dropout, resample))
+            levels.insert(0, Level(widths, res in cfg.attn_resolutions, cfg.dropout, resample, cfg.norm_groups))
             res = res * 2 if resample else res
             block_in = block_out
         self.up = nn.ModuleList(levels)
-        self.norm_out = _norm(block_in)
+        self.norm_out = _norm(block_in, cfg.norm_groups)
         self.conv_out = nn.Conv2d(block_in, cfg.out_ch, 3, padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -249,7 +255,17 @@ class VectorQuantizer(nn.Module):
         return max(1, self.distance_budget_bytes // per_position)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """z: (N, C, h, w) float -> (z_q (N, C, h, w) codebook vectors, indices (N, h, w) int64)."""
+        """z: (N, C, h, w) float -> (z_q (N, C, h, w) codebook vectors, indices (N, h, w) int64).
+
+        Under autocast the distances are still computed in fp32: a bf16/fp16 distance matmul picks a
+        different code for many more positions than the reduced-precision latent alone would."""
+        if torch.is_autocast_enabled(z.device.type):
+            with torch.autocast(z.device.type, enabled=False):
+                z_q, idx = self._nearest(z.float())
+            return z_q.to(z.dtype), idx
+        return self._nearest(z)
+
+    def _nearest(self, z: Tensor) -> tuple[Tensor, Tensor]:
         n, c, h, w = z.shape
         codebook = self.embedding.weight  # (n_embed, C)
         if c != codebook.shape[1]:
@@ -299,9 +315,10 @@ class VQModelTorch(nn.Module):
     def decode(self, z: Tensor, force_not_quantize: bool = False) -> Tensor:
         """z: (N, embed_dim, h, w) -> image (N, 3, 4h, 4w), roughly [-1, 1], not clamped.
 
-        Snaps z to the codebook first unless `force_not_quantize` (method.md 3: sampling quantises).
+        Snaps z to the codebook first (method.md 3: sampling quantises) unless `force_not_quantize` or the
+        config's `decode_quantized` is off (a continuous-latent autoencoder).
         """
-        if not force_not_quantize:
+        if self.config.decode_quantized and not force_not_quantize:
             z, _ = self.quantize(z)
         return self._decode_latent(z)
 
@@ -310,6 +327,8 @@ class VQModelTorch(nn.Module):
 
         z: (N, embed_dim, h, w) -> (N, 3, 4h, 4w); d out / d z is the decoder's gradient at z_q.
         """
+        if not self.config.decode_quantized:
+            return self._decode_latent(z)
         with torch.no_grad():
             z_q, _ = self.quantize(z)
         return self._decode_latent(z + (z_q - z).detach())

@@ -157,6 +157,22 @@ def test_cli_fp16_export_runs_with_fp32_io_and_is_verified(tiny_dir: Path, tmp_p
     assert parity.criterion == "psnr" and parity.passed and parity.batch_sizes == [1, 3]
 
 
+def test_bundled_layout_exports_and_matches_torch(tmp_path: Path) -> None:
+    """8 continuous latent channels, no VQ attention, the LR-consistency step: one graph, same numbers;
+    no quantiser runs, so the codes output is all zeros on both sides."""
+    from tests.factories import make_tiny_artifact
+
+    directory = make_tiny_artifact(tmp_path, teacher=True, continuous=True)
+    export_onnx(directory, 16)
+    lq, seeds = parity_tiles(16, 2, seed=1)
+    with TorchUpscaler(directory) as reference:
+        ref_sr, ref_codes = reference.run_with_codes(lq, seeds)
+    sr, codes = load_upscaler(directory, "onnxruntime", tile=16).run_with_codes(lq, seeds)  # type: ignore[attr-defined]
+    assert codes is not None and ref_codes is not None and not codes.any() and not ref_codes.any()
+    assert codes.shape == (2, 16, 16)
+    assert np.abs(sr - ref_sr).max() <= 1e-4
+
+
 @pytest.mark.slow
 def test_dynamo_exporter_is_exact_too(tiny_dir: Path, tmp_path: Path) -> None:
     work = shutil.copytree(tiny_dir, tmp_path / "dynamo")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from rsd.config import VQConfig
-from rsd.nets.vqgan import AttnBlock, Upsample, VQModelTorch
+from rsd.nets.vqgan import AttnBlock, Upsample, VectorQuantizer, VQModelTorch
 
 TOL = 1e-4  # fixtures README: fp32 max abs for the VQ golden
 
@@ -117,6 +117,47 @@ def test_decode_quantizes_by_default(small_model: VQModelTorch, io: dict[str, to
 
 
 @torch.no_grad()
+def test_continuous_latent_config_decodes_without_the_codebook(
+    small_model: VQModelTorch, small_meta: dict[str, Any], io: dict[str, torch.Tensor]
+) -> None:
+    config = VQConfig.model_validate({**small_meta["config"], "decode_quantized": False})
+    continuous = VQModelTorch(config).eval()
+    continuous.load_state_dict(small_model.state_dict(), strict=True)  # same weights, same keys
+    assert _max_abs(continuous.decode(io["latent"]), io["decoded_no_quantize"]) < TOL
+    assert _max_abs(continuous.decode_straight_through(io["latent"]), io["decoded_no_quantize"]) < TOL
+
+
+def test_norm_groups_set_every_group_norm_and_must_divide_the_widths(small_meta: dict[str, Any]) -> None:
+    dd = small_meta["config"]["ddconfig"]
+    model = VQModelTorch(VQConfig.model_validate({**small_meta["config"], "ddconfig": {**dd, "norm_groups": 8}}))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {8}
+    assert {m.num_groups for m in VQModelTorch(VQConfig.model_validate(small_meta["config"])).modules()
+            if isinstance(m, torch.nn.GroupNorm)} == {32}  # fmt: skip
+    with pytest.raises(ValueError, match="norm_groups 48 must divide"):
+        VQConfig.model_validate({**small_meta["config"], "ddconfig": {**dd, "norm_groups": 48}})
+
+
+@torch.no_grad()
+def test_without_mid_attention_equals_a_mid_attention_that_adds_nothing(small_meta: dict[str, Any]) -> None:
+    dd = small_meta["config"]["ddconfig"]
+    torch.manual_seed(0)
+    plain = VQModelTorch(VQConfig.model_validate({**small_meta["config"], "ddconfig": {**dd, "mid_attention": False}}))
+    full = VQModelTorch(VQConfig.model_validate(small_meta["config"]))
+    assert {k for k in full.state_dict() if k not in plain.state_dict()} == {
+        k for k in full.state_dict() if ".mid.attn_1." in k
+    }
+    assert full.load_state_dict(plain.state_dict(), strict=False).unexpected_keys == []
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    plain.eval(), full.eval()
+    assert _max_abs(plain.decode(plain.encode(x)), full.decode(full.encode(x))) > 1e-3  # random attention counts
+    for mid in (full.encoder.mid, full.decoder.mid):
+        assert mid.attn_1 is not None
+        mid.attn_1.proj_out.weight.zero_(), mid.attn_1.proj_out.bias.zero_()  # residual attention -> identity
+    assert _max_abs(plain.decode(plain.encode(x)), full.decode(full.encode(x))) < 1e-5
+
+
+@torch.no_grad()
 def test_lq_path(small_model: VQModelTorch, io: dict[str, torch.Tensor]) -> None:
     upsampled = F.interpolate(io["lq_image"], scale_factor=4, mode="bicubic", align_corners=False)
     assert _max_abs(upsampled, io["lq_bicubic_x4"]) < TOL
@@ -194,6 +235,24 @@ def test_chunked_quantize_equals_unchunked(small_model: VQModelTorch) -> None:
     codebook = quantizer.embedding.weight
     dist = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * flat @ codebook.t()
     assert torch.equal(whole[1].reshape(-1), dist.argmin(1))
+
+
+@torch.no_grad()
+def test_distances_stay_fp32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(4096, 3)
+    quantizer.embedding.weight.normal_()  # dense codes: neighbours differ by less than bf16 resolves
+    z = torch.randn(1, 3, 32, 32)
+    _, exact = quantizer(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, under_autocast = quantizer(z)
+        chunk = z.permute(0, 2, 3, 1).reshape(1, -1, 3)
+        codebook = quantizer.embedding.weight
+        lowp = torch.baddbmm(chunk.pow(2).sum(2, keepdim=True) + codebook.pow(2).sum(1), chunk,
+                             codebook.t()[None], alpha=-2).argmin(2).reshape(1, 32, 32)  # fmt: skip
+    assert torch.equal(under_autocast, exact)
+    assert z_q.dtype == torch.float32
+    assert (lowp != exact).float().mean() > 0.05  # what a bf16 distance matmul would have picked
 
 
 def test_default_budget_bounds_the_distance_matrix() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -201,3 +203,16 @@ def test_bicubic_fraction_gives_plain_bicubic_pairs(tmp_path):
     cfg0 = tiny_recipe("teacher", tmp_path, autoencoder="x", data={"bicubic_fraction": 0.0}).data
     hr0, lr0 = PairDataset(cfg0, 0).pair(0, 2)
     assert torch.equal(hr0, hr) and not torch.equal(lr0, lr)
+
+
+def test_channel_shuffle_permutes_the_same_crop(tmp_path):
+    plain = tiny_recipe("teacher", tmp_path, autoencoder="x", data={"bicubic_fraction": 1.0}).data
+    shuffled = plain.model_copy(update={"channel_shuffle": True})
+    orders = set()
+    for index in range(8):
+        hr, _ = PairDataset(plain, 0).pair(0, index)
+        hr_s, _ = PairDataset(shuffled, 0).pair(0, index)
+        order = next(p for p in itertools.permutations(range(3)) if torch.equal(hr_s, hr[list(p)]))
+        orders.add(order)
+    assert len(orders) > 1  # not always the identity
+    assert torch.equal(PairDataset(shuffled, 0).pair(0, 5)[0], PairDataset(shuffled, 0).pair(0, 5)[0])  # seeded

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 
 import pytest
 import torch
@@ -57,6 +59,17 @@ def test_warmup_is_linear_then_constant(teacher_dir, tmp_path):
         1e-3,
         1e-3,
     ]
+
+
+def test_cosine_decay_after_warmup_reaches_the_final_ratio_and_stays(teacher_dir, tmp_path):
+    optim = {"lr": 1e-3, "warmup_steps": 2, "cosine_steps": 10, "final_lr_ratio": 0.1}
+    stage = stage_for(teacher_dir, tmp_path, optim=optim)
+    lrs = [set_lr(stage.opt, stage.recipe.optim, s) for s in range(14)]
+    assert lrs[0] < lrs[1] and lrs[1] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 10))))
+    assert lrs[5] == pytest.approx(1e-3 * 0.55)  # half way: the mean of lr and the final lr
+    assert all(a >= b for a, b in itertools.pairwise(lrs[1:]))  # non-increasing after warm-up
+    assert lrs[10:] == pytest.approx([1e-4] * 4)
+    assert stage.opt.param_groups[0]["lr"] == lrs[-1]
 
 
 def test_ema_skips_integer_swin_tables_and_averages_the_rest(teacher_dir, tmp_path):
