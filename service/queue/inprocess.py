@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from service import metrics
 from service.jobs import ClaimedJob, Job, JobRecord, JobResult, JobStatus
 from service.queue.base import (
     ApiQueue,
@@ -200,6 +201,7 @@ class InProcessQueue(ApiQueue, WorkerQueue):
                 entry.status = JobStatus.RUNNING
                 entry.attempts += 1
                 job = entry.job
+                metrics.QUEUE_WAIT.observe(max(0.0, now - job.created))  # as the Redis transport does
                 claimed.append(ClaimedJob(job.id, job.params, job.data, job.deadline, job.created, entry.attempts))
         return claimed
 

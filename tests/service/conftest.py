@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -134,20 +133,9 @@ def wait_ready(
     base_url: str, timeout_s: float = 60.0, path: str = "/readyz", process: subprocess.Popen[bytes] | None = None
 ) -> None:
     """Poll until `path` answers 200 (bounded); fail at once if `process` exits meanwhile."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server process exited with {process.returncode} before {path} answered")
-        try:
-            response = httpx.get(base_url + path, timeout=2.0)
-            if response.status_code == 200:
-                return
-            last = f"{response.status_code} {response.text[:200]}"
-        except httpx.HTTPError as exc:
-            last = repr(exc)
-        time.sleep(0.1)
-    raise TimeoutError(f"{base_url}{path} not ready after {timeout_s} s: {last}")
+    from loadtests.local_stack import wait_http
+
+    wait_http(base_url + path, timeout_s, process)
 
 
 @pytest.fixture

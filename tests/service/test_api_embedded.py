@@ -38,6 +38,20 @@ def test_upscale_returns_x4_image_with_headers_and_reference_bytes(fake_model: P
     assert response.content == reference_bytes(data, 123)
 
 
+def test_queue_wait_is_observed_once_per_job_in_embedded_mode(fake_model: Path) -> None:
+    from service import metrics
+
+    before = metrics.QUEUE_WAIT.collect()[0]
+    count = next(s.value for s in before.samples if s.name.endswith("_count"))
+    client, _, _ = embedded_client(fake_model)
+    with client:
+        wait_client_ready(client)
+        assert _post(client, png_bytes(16, 16, seed=2), seed=1).status_code == 200
+        assert _post(client, png_bytes(16, 16, seed=3), seed=1).status_code == 200
+    after = metrics.QUEUE_WAIT.collect()[0]
+    assert next(s.value for s in after.samples if s.name.endswith("_count")) == count + 2
+
+
 def test_raw_body_formats_and_random_seed_echo(fake_model: Path) -> None:
     client, _, _ = embedded_client(fake_model)
     data = png_bytes(20, 20, seed=2)
