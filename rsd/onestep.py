@@ -36,8 +36,9 @@ def lr_consistent(sr: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
 
     The output keeps its own high frequencies and takes its low frequencies (mean colour, brightness,
     smooth gradients) from the LR input, which it then agrees with up to the box/bicubic mismatch. A
-    small autoencoder shifts colours (measured on the bundled model: held-out mean red 0.36 -> 0.08 in
-    [-1, 1]); this step removes that drift at the cost of two resamplings (spec `lr_consistency`).
+    small autoencoder shifts colours (the bundled model's, part-way through training: held-out mean red
+    0.36 -> 0.08 in [-1, 1]); this step removes such drift at the cost of two resamplings (spec
+    `lr_consistency`).
     Plain average pooling and the bicubic upsample export to ONNX/TensorRT like the rest of the graph.
     """
     return sr + bicubic_x4(lq - F.avg_pool2d(sr, 4))
