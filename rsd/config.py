@@ -48,6 +48,9 @@ class UNetConfig(_Strict):
     cond_lq: Literal[True] = True
     lq_size: int | None = None
     noise_channels: int = Field(default=0, ge=0)
+    #: GroupNorm groups (reference: 32, method.md 2.2). 32 groups over a 32-channel level normalise each
+    #: channel alone (the problem the bundled autoencoder had, DDConfig.norm_groups); small nets use fewer.
+    norm_groups: int = Field(default=32, ge=1)
 
     @property
     def lq_channels(self) -> int:
@@ -83,6 +86,9 @@ class UNetConfig(_Strict):
                 f"num_res_blocks {self.num_res_blocks} must have one entry per channel_mult level "
                 f"({len(self.channel_mult)})"
             )
+        widths = sorted({self.model_channels * m for m in self.channel_mult} | {self.swin_embed_dim})
+        if any(w % self.norm_groups for w in widths):
+            raise ValueError(f"norm_groups {self.norm_groups} must divide every width {widths}")
         if self.swin_embed_dim % self.num_head_channels:
             raise ValueError(
                 f"swin_embed_dim {self.swin_embed_dim} is not a multiple of num_head_channels {self.num_head_channels}"

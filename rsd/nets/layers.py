@@ -20,8 +20,8 @@ class GroupNorm32(nn.GroupNorm):
     Half-precision inputs would lose the variance to rounding; the reference always normalises in fp32.
     """
 
-    def __init__(self, num_channels: int) -> None:
-        super().__init__(32, num_channels, eps=1e-5, affine=True)
+    def __init__(self, num_channels: int, groups: int = 32) -> None:
+        super().__init__(groups, num_channels, eps=1e-5, affine=True)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype == torch.float32:
@@ -53,11 +53,13 @@ class ResBlock(nn.Module):
     x: (N, in_channels, h, w); emb: (N, emb_channels). Returns (N, out_channels, h, w).
     """
 
-    def __init__(self, in_channels: int, emb_channels: int, out_channels: int, dropout: float) -> None:
+    def __init__(
+        self, in_channels: int, emb_channels: int, out_channels: int, dropout: float, groups: int = 32
+    ) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.in_layers = nn.Sequential(
-            GroupNorm32(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+            GroupNorm32(in_channels, groups), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
         out_conv = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -65,7 +67,7 @@ class ResBlock(nn.Module):
         nn.init.zeros_(out_conv.weight)
         if out_conv.bias is not None:
             nn.init.zeros_(out_conv.bias)
-        self.out_layers = nn.Sequential(GroupNorm32(out_channels), nn.SiLU(), nn.Dropout(p=dropout), out_conv)
+        self.out_layers = nn.Sequential(GroupNorm32(out_channels, groups), nn.SiLU(), nn.Dropout(p=dropout), out_conv)
         self.skip_connection: nn.Module = (
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
         )

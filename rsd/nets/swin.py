@@ -158,7 +158,9 @@ class SwinBlock(nn.Module):
     the shift becomes 0 for good, whatever the runtime size (method.md 2.2, fixtures README 3).
     """
 
-    def __init__(self, dim: int, resolution: int, num_heads: int, window: int, shift: int, mlp_ratio: float) -> None:
+    def __init__(
+        self, dim: int, resolution: int, num_heads: int, window: int, shift: int, mlp_ratio: float, groups: int = 32
+    ) -> None:
         super().__init__()
         if resolution <= window:
             window, shift = resolution, 0
@@ -168,9 +170,9 @@ class SwinBlock(nn.Module):
             # Checkpoint parity only: the reference never reads it (method.md 2.2, gap 9).
             mask = reference_shift_mask(resolution, resolution, window, shift, None, torch.float32)
             self.register_buffer("attn_mask", mask, persistent=True)
-        self.norm1 = GroupNorm32(dim)
+        self.norm1 = GroupNorm32(dim, groups)
         self.attn = WindowAttention(dim, window, num_heads)
-        self.norm2 = GroupNorm32(dim)
+        self.norm2 = GroupNorm32(dim, groups)
         self.mlp = ConvMlp(dim, int(dim * mlp_ratio))
         self._mask_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
 
@@ -229,12 +231,13 @@ class SwinLayer(nn.Module):
         num_heads: int,
         window: int,
         mlp_ratio: float,
+        groups: int = 32,
     ) -> None:
         super().__init__()
         self.patch_embed = PatchProjection(channels, embed_dim)
         self.patch_unembed = PatchProjection(embed_dim, channels)
         self.blocks = nn.ModuleList(
-            SwinBlock(embed_dim, resolution, num_heads, window, (i % 2) * (window // 2), mlp_ratio)
+            SwinBlock(embed_dim, resolution, num_heads, window, (i % 2) * (window // 2), mlp_ratio, groups)
             for i in range(depth)
         )
 

@@ -49,13 +49,15 @@ class UNetModelSwin(nn.Module):
         skip_channels, ch, ds, scale = self._build_encoder()
         # The middle block always carries a Swin layer, whatever attention_resolutions says.
         self.middle_block = EmbedSequential(
-            ResBlock(ch, 4 * mc, ch, config.dropout),
+            ResBlock(ch, 4 * mc, ch, config.dropout, config.norm_groups),
             self._swin(ch, ds, scale),
-            ResBlock(ch, 4 * mc, ch, config.dropout),
+            ResBlock(ch, 4 * mc, ch, config.dropout, config.norm_groups),
         )
         self.output_blocks = nn.ModuleList()
         ch = self._build_decoder(skip_channels, ch, ds, scale)
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            GroupNorm32(ch, config.norm_groups), nn.SiLU(), nn.Conv2d(ch, config.out_channels, 3, padding=1)
+        )
         self.size_multiple = math.lcm(*self._multiples)
 
     def _build_encoder(self) -> tuple[list[int], int, int, int]:
@@ -67,7 +69,7 @@ class UNetModelSwin(nn.Module):
         ch, ds, scale = mc, cfg.image_size, 1  # ds: construction resolution (method.md 2.3)
         for level, mult in enumerate(cfg.channel_mult):
             for j in range(cfg.res_blocks_per_level[level]):
-                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * mc, cfg.dropout)]
+                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * mc, cfg.dropout, cfg.norm_groups)]
                 ch = mult * mc
                 if ds in cfg.attention_resolutions and j == 0:  # Swin after the first ResBlock only
                     layers.append(self._swin(ch, ds, scale))
@@ -86,7 +88,8 @@ class UNetModelSwin(nn.Module):
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             n_blocks = cfg.res_blocks_per_level[level]
             for i in range(n_blocks + 1):
-                layers: list[nn.Module] = [ResBlock(ch + skip_channels.pop(), emb_dim, mult * mc, cfg.dropout)]
+                skip = skip_channels.pop()
+                layers: list[nn.Module] = [ResBlock(ch + skip, emb_dim, mult * mc, cfg.dropout, cfg.norm_groups)]
                 ch = mult * mc
                 if ds in cfg.attention_resolutions and i == 0:
                     layers.append(self._swin(ch, ds, scale))
@@ -107,6 +110,7 @@ class UNetModelSwin(nn.Module):
             cfg.swin_embed_dim // cfg.num_head_channels,
             cfg.window_size,
             cfg.mlp_ratio,
+            cfg.norm_groups,
         )
         for block in layer.blocks:
             assert isinstance(block, SwinBlock)

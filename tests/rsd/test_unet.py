@@ -373,3 +373,18 @@ def test_student_exports_to_onnx_with_dynamic_batch(student_golden, tmp_path: Pa
     for n in (2, 1):
         (out,) = session.run(None, {name: a[:n].numpy() for name, a in zip(names, args, strict=True)})
         assert np.abs(out - io["io.out"][:n].numpy()).max() < GOLDEN_TOL
+
+
+def test_norm_groups_reach_every_group_norm_and_keep_the_state_dict_layout() -> None:
+    from tests.factories import TINY_UNET
+
+    default = UNetModelSwin(TINY_UNET)
+    grouped = UNetModelSwin(TINY_UNET.model_copy(update={"norm_groups": 8}))
+    norms = [m for m in grouped.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {8}
+    assert {m.num_groups for m in default.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+    assert {k: v.shape for k, v in grouped.state_dict().items()} == {
+        k: v.shape for k, v in default.state_dict().items()
+    }
+    with pytest.raises(ValueError, match="norm_groups 12 must divide"):
+        UNetConfig.model_validate(TINY_UNET.model_dump() | {"norm_groups": 12})
