@@ -47,7 +47,7 @@ from rsd.backends.exported import (
     write_export_record,
 )
 from rsd.nets.vqgan import DISTANCE_BUDGET_BYTES
-from rsd.onestep import OneStepSR
+from rsd.onestep import OneStepSR, forward_with_codes
 
 Exporter = Literal["torchscript", "dynamo"]
 #: opset per exporter: the dynamo exporter emits opset 18 natively (converting it down fails on Pad)
@@ -71,18 +71,9 @@ class ExportGraph(nn.Module):
 
     def forward(self, lq: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """lq: (N, 3, t, t) float32; noise: (N, C, t, t) float32 -> sr (N, 3, 4t, 4t) float32, codes int32."""
-        captured: list[torch.Tensor] = []
-        hook = self.model.autoencoder.quantize.register_forward_hook(
-            lambda _module, _inputs, outputs: captured.append(outputs[1])
-        )
-        try:
-            sr = self.model(lq.to(self.dtype), noise.to(self.dtype))
-        finally:
-            hook.remove()
-        # int32: TensorRT and the GPU providers handle it natively; 8192 codes fit easily. A continuous-latent
-        # autoencoder (decode_quantized off) never quantises: its codes output is all zeros.
-        codes = captured[0] if captured else torch.zeros_like(lq[:, 0], dtype=torch.int32)
-        return sr.float(), codes.to(torch.int32)
+        # int32 codes: TensorRT and the GPU providers handle it natively; 8192 codes fit easily.
+        sr, codes = forward_with_codes(self.model, lq.to(self.dtype), noise.to(self.dtype))
+        return sr.float(), codes
 
 
 def _size_quantiser_chunks(model: OneStepSR, max_batch: int) -> None:

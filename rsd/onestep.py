@@ -44,6 +44,11 @@ def lr_consistent(sr: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
     return sr + bicubic_x4(lq - F.avg_pool2d(sr, 4))
 
 
+def finish_output(spec: ModelSpec, sr: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """Decoded image -> the samplers' output: the LR-consistency step if the spec asks for it, then the clamp."""
+    return (lr_consistent(sr, lq) if spec.lr_consistency else sr).clamp(-1.0, 1.0)
+
+
 class OneStepSR(nn.Module):
     """One-step x4 super-resolution. Build it with `OneStepSR.from_artifact(dir)` only."""
 
@@ -91,8 +96,20 @@ class OneStepSR(nn.Module):
         t = torch.full_like(lq[:, 0, 0, 0], self.schedule.T - 1, dtype=torch.long)
         x0 = self.denoiser(x_T, t, lq, xi if self.spec.noise_channels else None)  # one call, t = T-1
         # Decode quantizes (method.md 3, fixtures README 5); no clamp before decode, clamp after.
-        sr = self.autoencoder.decode(x0)
-        return (lr_consistent(sr, lq) if self.spec.lr_consistency else sr).clamp(-1.0, 1.0)
+        return finish_output(self.spec, self.autoencoder.decode(x0), lq)
+
+
+def forward_with_codes(model: OneStepSR, lq: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`model(lq, noise)` and the VQ codes it used, (N, h, w) int32, read by a hook on the quantiser (so the
+    computation is exactly `OneStepSR.forward`). A continuous-latent autoencoder never quantises: all zeros."""
+    captured: list[torch.Tensor] = []
+    hook = model.autoencoder.quantize.register_forward_hook(lambda _m, _i, out: captured.append(out[1]))
+    try:
+        sr = model(lq, noise)
+    finally:
+        hook.remove()
+    codes = captured[0] if captured else torch.zeros_like(lq[:, 0], dtype=torch.int32)
+    return sr, codes.to(torch.int32)
 
 
 def load_nets(

@@ -15,7 +15,7 @@ from torch import nn
 from rsd.denoiser import Denoiser
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
-from rsd.onestep import bicubic_x4, load_nets, lr_consistent
+from rsd.onestep import bicubic_x4, finish_output, load_nets
 from rsd.schedule import Schedule
 from rsd.spec import ModelSpec
 
@@ -56,5 +56,4 @@ class TeacherSampler(nn.Module):
             # p_sample adds no noise at t = 0; channels for step k are C(k+1):C(k+2).
             step_noise = noise[:, c * (step + 1) : c * (step + 2)] if t_idx > 0 else torch.zeros_like(z)
             z = self.schedule.p_sample(x0, z, t, step_noise)
-        sr = self.autoencoder.decode(z)
-        return (lr_consistent(sr, lq) if self.spec.lr_consistency else sr).clamp(-1.0, 1.0)
+        return finish_output(self.spec, self.autoencoder.decode(z), lq)

@@ -20,7 +20,7 @@ import torch
 
 from rsd.backends.base import Upscaler
 from rsd.noise import draw_noise_batch
-from rsd.onestep import OneStepSR
+from rsd.onestep import OneStepSR, forward_with_codes
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -50,24 +50,19 @@ class TorchUpscaler(Upscaler):
         noise = draw_noise_batch(list(seeds), self.model.noise_channels, h, w)
         lq = torch.from_numpy(np.ascontiguousarray(lq_tiles, dtype=np.float32)).to(self.device)
         eps = torch.from_numpy(noise).to(self.device)
-        captured: list[torch.Tensor] = []
-        quantize = self.model.autoencoder.quantize
-        hook = quantize.register_forward_hook(lambda _m, _i, out: captured.append(out[1])) if with_codes else None
-        forward = self.model if with_codes else self._forward
+        eager = with_codes or self._forward is self.model  # codes are read by a hook: eager only
         # no_grad, not inference_mode, under torch.compile: dynamo's guards on the schedule tables
         # (numpy -> tensor inside the graph) fail against inference tensors (torch 2.13).
-        grad_off = torch.inference_mode() if forward is self.model else torch.no_grad()
-        try:
-            # Reduced precision via autocast; GroupNorm runs in fp32 as in the reference's fp16 mode
-            # (method.md 2.7). The quantiser's distance matmul is autocast too (see the module docstring).
-            with grad_off, torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                sr = forward(lq, eps)
-        finally:
-            if hook is not None:
-                hook.remove()
+        grad_off = torch.inference_mode() if eager else torch.no_grad()
         codes = None
-        if with_codes:  # a continuous-latent autoencoder never quantises: all-zero codes, as exported graphs give
-            codes = (captured[0] if captured else torch.zeros_like(sr[:, 0, ::4, ::4])).to(torch.int32).cpu().numpy()
+        # Reduced precision via autocast; GroupNorm runs in fp32 as in the reference's fp16 mode
+        # (method.md 2.7). The quantiser keeps its distances in fp32 (see the module docstring).
+        with grad_off, torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            if with_codes:
+                sr, code_tensor = forward_with_codes(self.model, lq, eps)
+                codes = code_tensor.cpu().numpy()
+            else:
+                sr = self._forward(lq, eps)
         return sr.float().cpu().numpy(), codes
 
     def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
