@@ -2,7 +2,7 @@
 # Reproduce the bundled model models/rsd-tiny stage by stage on a CPU (`make tiny-model`).
 #
 #   scripts/tiny_model.sh              # continue from models/rsd-tiny-stages/ (finished stages are reused)
-#   FROM_SCRATCH=1 scripts/tiny_model.sh   # retrain every stage (about 50 minutes on two cores)
+#   FROM_SCRATCH=1 scripts/tiny_model.sh   # retrain every stage (about 66 minutes on two cores)
 #
 # Stages: data (scikit-image photos -> runs/tiny_data) -> autoencoder -> teacher -> distill -> eval.
 # Each stage is resumable: cut the script off at any moment and run it again; a stage with checkpoints

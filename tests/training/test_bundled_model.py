@@ -109,7 +109,9 @@ def test_student_is_sharper_than_the_classical_baseline_and_close_to_its_teacher
     assert student["psnr"] > clean["bicubic"]["psnr"] - 0.5, student
 
 
-@pytest.mark.xfail(strict=True, reason="open: the student is below Lanczos x4 + unsharp mask in PSNR (MODEL_CARD.md)")
-def test_student_beats_the_classical_baseline_in_psnr() -> None:
+def test_student_beats_the_classical_baseline_in_psnr(held_out_clean: dict) -> None:
+    """Issue bar: on the clean held-out protocol the one-step student beats Lanczos x4 + unsharp mask in
+    Y PSNR, both in the shipped table and when re-run here on the shipped weights."""
     clean = json.loads((MODEL / "metrics.json").read_text())["bicubic"]
-    assert clean["model"]["psnr"] > clean["lanczos_unsharp"]["psnr"]
+    assert clean["model"]["psnr"] > clean["lanczos_unsharp"]["psnr"], clean
+    assert held_out_clean["model"]["psnr"] > held_out_clean["lanczos_unsharp"]["psnr"], held_out_clean
