@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -66,6 +67,23 @@ def _requests_per_process(metrics_dir: Path, scratch: Path) -> dict[str, float]:
     return counts
 
 
+def _post_png(base: str, width: int, height: int) -> int:
+    """POST one PNG on a fresh connection; the response status."""
+    files = {"image": ("x.png", png_bytes(width, height), "image/png")}
+    return httpx.post(f"{base}/upscale", files=files, timeout=30).status_code
+
+
+def _wait_for_requests(metrics_dir: Path, scratch: Path, expected: int) -> dict[str, float]:
+    """Per-process request counts once `expected` requests are recorded (or after 10 s): a request's
+    duration is recorded as its response goes out, a moment after the client has it."""
+    deadline = time.monotonic() + 10
+    served = _requests_per_process(metrics_dir, scratch)
+    while sum(served.values()) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+        served = _requests_per_process(metrics_dir, scratch)
+    return served
+
+
 def test_metrics_are_aggregated_over_two_uvicorn_processes(
     redis_server: RedisServer, processes: Processes, fake_model: Path, tmp_path: Path
 ) -> None:
@@ -75,22 +93,25 @@ def test_metrics_are_aggregated_over_two_uvicorn_processes(
     stack.start_worker("worker")
     base = stack.start_api(uvicorn_workers=2)
     wait_ready(base)
-    sizes = [(16, 16), (32, 16), (48, 40)] * 4  # tile 32, overlap 8: 1, 1 and 4 tiles
-    for width, height in sizes:  # one connection per request, so both processes serve some
-        response = httpx.post(
-            f"{base}/upscale", files={"image": ("x.png", png_bytes(width, height), "image/png")}, timeout=30
-        )
-        assert response.status_code == 200
+    # tile 32, overlap 8: 1, 1 and 4 tiles. Which process accepts a connection is the kernel's choice, and
+    # sequential requests can all land on one; rounds of concurrent requests, each on its own connection,
+    # go on until both processes have answered some (the second may still be starting when /readyz answers).
+    tiles_of = {(16, 16): 1, (32, 16): 1, (48, 40): 4}
+    sent: list[tuple[int, int]] = []
+    served: dict[str, float] = {}
+    deadline = time.monotonic() + 60
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        while len(served) < 2 and time.monotonic() < deadline:
+            round_sizes = list(tiles_of) * 2
+            for status in pool.map(lambda size: _post_png(base, *size), round_sizes):
+                assert status == 200
+            sent += round_sizes
+            served = _wait_for_requests(metrics_dir, tmp_path / "one", len(sent))
+    assert len(served) == 2 and sum(served.values()) == len(sent), served  # both processes answered
     bad = httpx.post(f"{base}/upscale", content=b"not an image", headers={"Content-Type": "image/png"}, timeout=10)
     assert bad.status_code == 400
-    expected_tiles = 4 * (1 + 1 + 4)
-    # a request's duration is recorded as its response goes out: give the last one a moment to land
-    deadline = time.monotonic() + 10
-    served = _requests_per_process(metrics_dir, tmp_path / "one")
-    while sum(served.values()) < len(sizes) + 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-        served = _requests_per_process(metrics_dir, tmp_path / "one")
-    assert len(served) == 2 and sum(served.values()) == len(sizes) + 1, served  # both processes answered
+    assert sum(_wait_for_requests(metrics_dir, tmp_path / "one", len(sent) + 1).values()) == len(sent) + 1
+    expected_tiles = sum(tiles_of[size] for size in sent)
     for _ in range(4):  # whichever process answers, the totals are the same
         families = _scrape(base)
         for name, kind in SERVING_METRICS.items():
@@ -98,12 +119,12 @@ def test_metrics_are_aggregated_over_two_uvicorn_processes(
             assert families[name]["__type__"] == kind, name
         requests = families["rsd_request_duration_seconds"]
         key = ("rsd_request_duration_seconds_count", (("route", "/upscale"), ("status", "200")))
-        assert requests[key] == len(sizes)
+        assert requests[key] == len(sent)
         assert requests[("rsd_request_duration_seconds_count", (("route", "/upscale"), ("status", "400")))] == 1
         assert families["rsd_tiles"][("rsd_tiles_total", ())] == expected_tiles
         assert families["rsd_requests_rejected"][("rsd_requests_rejected_total", (("reason", "undecodable"),))] == 1
-        assert families["rsd_input_megapixels"][("rsd_input_megapixels_count", ())] == len(sizes)
-        assert families["rsd_queue_wait_seconds"][("rsd_queue_wait_seconds_count", ())] == len(sizes)
+        assert families["rsd_input_megapixels"][("rsd_input_megapixels_count", ())] == len(sent)
+        assert families["rsd_queue_wait_seconds"][("rsd_queue_wait_seconds_count", ())] == len(sent)
         batch_sizes = families["rsd_batch_size_tiles"]
         assert batch_sizes[("rsd_batch_size_tiles_sum", ())] == expected_tiles
         assert families["rsd_backlog_tiles"][("rsd_backlog_tiles", ())] == 0
