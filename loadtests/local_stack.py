@@ -57,6 +57,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def redis_server_command(port: int, directory: Path) -> list[str]:
+    """A throwaway redis-server on loopback: no persistence, and noeviction so that a full Redis refuses
+    writes instead of silently dropping queued jobs (serving.md)."""
+    return [
+        REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        "--maxmemory-policy", "noeviction", "--dir", str(directory), "--daemonize", "no",
+    ]  # fmt: skip
+
+
 _SERVER_LINE = re.compile(r"^[ \t]*server\s+[^\s{;#]+([^;{\n]*);[^\n]*\n?", flags=re.M)
 _UPSTREAM_BLOCK = re.compile(r"upstream\s+([\w.-]+)\s*\{([^}]*)\}")
 
@@ -196,11 +205,7 @@ class LocalStack:
     def start(self) -> LocalStack:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         redis_port = free_port()
-        self._spawn(
-            [REDIS_SERVER, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--maxmemory-policy", "noeviction", "--dir", str(self.workdir)],
-            dict(os.environ), "redis",
-        )  # fmt: skip
+        self._spawn(redis_server_command(redis_port, self.workdir), dict(os.environ), "redis")
         env = self._env(f"redis://127.0.0.1:{redis_port}/0")
         workers = []
         for i in range(self.n_workers):

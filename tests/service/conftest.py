@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from loadtests.local_stack import REDIS_SERVER, free_port, redis_server_command, wait_http
 from service.api import create_app
 from service.queue.inprocess import InProcessQueue
 from service.settings import ServiceSettings
@@ -29,13 +28,6 @@ from service.worker import WorkerThread
 from tests.service.fakes import FakeUpscaler, write_fake_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:
@@ -51,10 +43,8 @@ class RedisServer:
     def start(self) -> None:
         assert self.port != 6379
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--maxmemory-policy", "noeviction", "--dir", str(self.directory), "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            redis_server_command(self.port, self.directory), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         for _ in range(100):
             try:
@@ -133,8 +123,6 @@ def wait_ready(
     base_url: str, timeout_s: float = 60.0, path: str = "/readyz", process: subprocess.Popen[bytes] | None = None
 ) -> None:
     """Poll until `path` answers 200 (bounded); fail at once if `process` exits meanwhile."""
-    from loadtests.local_stack import wait_http
-
     wait_http(base_url + path, timeout_s, process)
 
 
