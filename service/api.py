@@ -153,7 +153,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _queue_error(exc: Exception) -> ApiError:
-    """One mapping from transport outcomes to answers (serving.md failure table)."""
+    """One mapping from transport outcomes to answers (serving.md "Failure")."""
     match exc:
         case QueueFull():
             return ApiError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after_s)})
