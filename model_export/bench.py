@@ -208,6 +208,7 @@ def run_bench(
     threads: int | None,
     teacher: bool,
     out_dir: Path,
+    steps: bool = True,
 ) -> dict[str, Any]:
     """Measure, print the table, write JSON + PNG into `out_dir`; returns the JSON document.
 
@@ -244,9 +245,24 @@ def run_bench(
                     f"teacher {ratio['teacher_gflops']:.0f} GFLOP)"
                 )
                 _save(document, out_dir, f"bench_{spec_name}_{tile}", title)
+        if steps:
+            document["steps"] = run_steps_table(model_dir, tile, device, repeats, out_dir / f"steps_{spec_name}_{tile}")
+            _save(document, out_dir, f"bench_{spec_name}_{tile}", title)
     finally:
         torch.set_num_threads(previous_threads)
     return document
+
+
+def run_steps_table(model_dir: Path, tile: int, device: str, repeats: int, stem: Path) -> list[dict[str, Any]]:
+    """Print the 1 / 4 / 15-step table (model_export.steps_bench) and plot it to `stem`.png."""
+    from dataclasses import asdict
+
+    from model_export.steps_bench import format_steps_table, plot_steps, steps_table
+
+    rows = steps_table(model_dir, tile, device, repeats)
+    print(format_steps_table(rows, tile), flush=True)
+    plot_steps(rows, stem.with_suffix(".png"), f"steps vs one step, LR tile {tile}, {device}")
+    return [asdict(r) for r in rows]
 
 
 def measure_variants(

@@ -1,10 +1,11 @@
 """Artifact -> ONNX: one file per tile size, only the batch dimension dynamic (architecture.md invariant 3).
 
-The graph is `OneStepSR.from_artifact(dir)` itself (invariant 2), traced with its VQ codes exposed as a
-second output for parity checks:
+The graph is the artifact's own (`rsd.sampler.load_graph`: one step, or K ancestral steps unrolled;
+invariant 2), traced with its VQ codes exposed as a second output for parity checks:
 
     inputs   lq    (N, 3, t, t)               float32 in [-1, 1]
-             noise (N, C + noise_channels, t, t) float32 standard normal (C latent channels), from rsd.noise
+             noise (N, graph.noise_channels, t, t) float32 standard normal, from rsd.noise: C + student noise
+                   channels for one step, C x K for K steps (C latent channels)
     outputs  sr    (N, 3, 4t, 4t)             float32 in [-1, 1]
              codes (N, t, t)                  int32 VQ codebook indices (method.md 3); zeros when the
                                               autoencoder has a continuous latent (decode_quantized off)
@@ -47,7 +48,8 @@ from rsd.backends.exported import (
     write_export_record,
 )
 from rsd.nets.vqgan import DISTANCE_BUDGET_BYTES
-from rsd.onestep import OneStepSR, forward_with_codes
+from rsd.onestep import SRGraph, forward_with_codes
+from rsd.sampler import load_graph
 
 Exporter = Literal["torchscript", "dynamo"]
 #: opset per exporter: the dynamo exporter emits opset 18 natively (converting it down fails on Pad)
@@ -58,13 +60,13 @@ _TRACE_BATCH = 2
 
 
 class ExportGraph(nn.Module):
-    """OneStepSR with fp32 inputs/outputs and the VQ codes as a second output.
+    """The artifact's graph with fp32 inputs/outputs and the VQ codes as a second output.
 
-    The codes are read with a forward hook on the quantiser, so the traced computation is exactly
-    `OneStepSR.forward`; the hook only names an intermediate tensor as an extra graph output.
+    The codes are read with a forward hook on the quantiser, so the traced computation is exactly the
+    graph's `forward`; the hook only names an intermediate tensor as an extra graph output.
     """
 
-    def __init__(self, model: OneStepSR, dtype: torch.dtype) -> None:
+    def __init__(self, model: SRGraph, dtype: torch.dtype) -> None:
         super().__init__()
         self.model = model
         self.dtype = dtype
@@ -76,7 +78,7 @@ class ExportGraph(nn.Module):
         return sr.float(), codes
 
 
-def _size_quantiser_chunks(model: OneStepSR, max_batch: int) -> None:
+def _size_quantiser_chunks(model: SRGraph, max_batch: int) -> None:
     """Make the traced quantiser chunks fit the distance budget at `max_batch` (method.md 3 export notes).
 
     The chunk length is fixed at trace time; both exporters see the batch as symbolic there, so the
@@ -87,7 +89,7 @@ def _size_quantiser_chunks(model: OneStepSR, max_batch: int) -> None:
     model.autoencoder.quantize.distance_budget_bytes = max(1, DISTANCE_BUDGET_BYTES // max_batch)
 
 
-def _example_inputs(model: OneStepSR, tile: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _example_inputs(model: SRGraph, tile: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     lq = torch.rand(batch, 3, tile, tile, generator=gen) * 2 - 1
     noise = torch.randn(batch, model.noise_channels, tile, tile, generator=gen)
@@ -154,14 +156,14 @@ def export_onnx(
     exporter: Exporter = "torchscript",
     opset: int | None = None,
 ) -> tuple[Path, OnnxRecord]:
-    """Export the artifact's one-step graph for `tile` x `tile` LR tiles.
+    """Export the artifact's graph for `tile` x `tile` LR tiles.
 
     Writes `out` (default `model_dir/export/tile{tile}[.fp16].onnx`) and its record in `export.json`
     beside it (without parity numbers: `model_export.verify` adds them). Returns (path, record).
     """
     _check_arguments(dtype, exporter, max_batch)
     opset = DEFAULT_OPSET[exporter] if opset is None else opset
-    model = OneStepSR.from_artifact(model_dir)
+    model = load_graph(model_dir)
     spec = model.spec
     if tile <= 0 or tile % spec.lr_multiple:
         raise ValueError(f"tile {tile} must be a positive multiple of {spec.lr_multiple} for this model")

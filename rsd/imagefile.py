@@ -23,6 +23,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from rsd.outscale import check_outscale, output_size, resize_plane
+
 ErrorCode = Literal["empty", "undecodable", "unsupported", "too_large"]
 OutputFormat = Literal["png", "jpeg", "webp"]
 ModeFamily = Literal["L", "RGB"]
@@ -62,21 +64,23 @@ class ImageError(ValueError):
 class ImageLimits:
     """Size caps checked before decoding.
 
-    max_bytes: encoded size. max_input_pixels: H*W of the input. max_output_pixels: H*W*scale**2 of
-    the x`scale` output (the output is 16x the input area at x4, so this is usually the binding cap:
-    the defaults admit at most a 2048x2048 input, 8192x8192 out).
+    max_bytes: encoded size. max_input_pixels: H*W of the input. max_output_pixels: pixels of the
+    final output, x`scale` or x`outscale` when given (rsd.outscale; at x4 the output is 16x the input
+    area, so this is usually the binding cap: the defaults admit at most a 2048x2048 input, 8192x8192 out).
     """
 
     max_bytes: int = 20 * 1024 * 1024
     max_input_pixels: int = 4096 * 4096
     max_output_pixels: int = 8192 * 8192
     scale: int = 4
+    outscale: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_input_pixels", "max_output_pixels", "scale"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ImageLimits.{name} must be a positive int, got {value!r}")
+        check_outscale(self.outscale, self.scale)
         if self.max_input_pixels > PILLOW_MAX_IMAGE_PIXELS:
             raise ValueError(
                 f"ImageLimits.max_input_pixels={self.max_input_pixels} exceeds the decoder's bomb guard "
@@ -211,11 +215,13 @@ def _check_header(image: Image.Image, limits: ImageLimits) -> None:
             "too_large",
             f"the image is {width}x{height} = {pixels} pixels, above the input limit of {limits.max_input_pixels}",
         )
-    out_pixels = pixels * limits.scale**2
+    out_height, out_width = output_size(height, width, limits.outscale, limits.scale)
+    out_pixels = out_height * out_width
     if out_pixels > limits.max_output_pixels:
+        factor = check_outscale(limits.outscale, limits.scale)
         raise ImageError(
             "too_large",
-            f"the x{limits.scale} output of a {width}x{height} image would have {out_pixels} pixels, "
+            f"the x{factor:g} output of a {width}x{height} image would have {out_pixels} pixels, "
             f"above the output limit of {limits.max_output_pixels}",
         )
     try:  # MPO extra frames are previews/depth maps of the same shot, not an animation
@@ -336,15 +342,22 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.asarray(plane.resize((width * scale, height * scale), Image.Resampling.BICUBIC))
 
 
-def encode_image(sr_rgb: np.ndarray, source: DecodedImage, fmt: OutputFormat = "png", quality: int = 95) -> bytes:
+def encode_image(
+    sr_rgb: np.ndarray,
+    source: DecodedImage,
+    fmt: OutputFormat = "png",
+    quality: int = 95,
+    outscale: float | None = None,
+) -> bytes:
     """Encode the model output in the source's mode family, with its alpha and ICC profile.
 
-    sr_rgb: (s*H, s*W, 3) uint8, an integer multiple s of the source size. Grayscale sources come back
-    as L/LA (Pillow's ITU-R 601-2 luma of the output); RGB-family sources as RGB/RGBA. Alpha is the
-    source alpha resampled (`upscale_alpha`); JPEG has no alpha, so the image is composited over white
-    (transparent areas read as white, like most viewers show them). WebP has no gray mode: Pillow stores
-    L as RGB with equal channels. EXIF is not copied (the orientation is already applied). `quality`
-    (1..100) applies to JPEG and WebP; PNG is lossless.
+    sr_rgb: (s*H, s*W, 3) uint8, an integer multiple s of the source size. `outscale` in (1, s]: the
+    image and its resampled alpha are then resized with Lanczos to `output_size(H, W, outscale)`.
+    Grayscale sources come back as L/LA (Pillow's ITU-R 601-2 luma of the output); RGB-family sources
+    as RGB/RGBA. Alpha is the source alpha resampled (`upscale_alpha`); JPEG has no alpha, so the image
+    is composited over white (transparent areas read as white, like most viewers show them). WebP has
+    no gray mode: Pillow stores L as RGB with equal channels. EXIF is not copied (the orientation is
+    already applied). `quality` (1..100) applies to JPEG and WebP; PNG is lossless.
     """
     if fmt not in ("png", "jpeg", "webp"):
         raise ValueError(f"fmt must be one of 'png', 'jpeg', 'webp', got {fmt!r}")
@@ -357,6 +370,10 @@ def encode_image(sr_rgb: np.ndarray, source: DecodedImage, fmt: OutputFormat = "
     if scale < 1 or sr_rgb.shape[:2] != (scale * height, scale * width):
         raise ValueError(f"sr_rgb size {sr_rgb.shape[:2]} is not an integer multiple of the source {height}x{width}")
     alpha = None if source.alpha is None else upscale_alpha(source.alpha, scale)
+    if outscale is not None:
+        final = output_size(height, width, outscale, scale)
+        sr_rgb = resize_plane(sr_rgb, *final)
+        alpha = None if alpha is None else resize_plane(alpha, *final)
     if fmt == "jpeg" and alpha is not None:
         a = alpha[..., None].astype(np.uint32)
         composited = (sr_rgb.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255  # over white

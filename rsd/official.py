@@ -1,4 +1,4 @@
-"""Reading the published ResShift / RSD / VQ-f4 `.pth` files into an artifact (method.md 6).
+"""Reading the published RSD / SinSR / ResShift / VQ-f4 `.pth` files into an artifact (method.md 6).
 
 Files are read with `torch.load(weights_only=True)` only (never unpickled), unwrapped from a
 `state_dict`/`params_ema`/`model` wrapper, stripped of `module.`/`_orig_mod.` prefixes per key, and
@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from rsd.artifact import save_artifact
-from rsd.config import ScheduleConfig, UNetConfig, VQConfig
+from rsd.config import UNetConfig, VQConfig
+from rsd.family import FAMILIES, Family, families_with_noise_channels, family_of_file, get_family
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
-from rsd.spec import ArtifactError, ModelSpec
+from rsd.spec import ArtifactError, ModelSpec, SamplerConfig
 
 _WRAPPERS = ("state_dict", "params_ema", "model", "ema_state")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -77,29 +78,53 @@ def _match_to_model(
     return out
 
 
-def convert_unet(
-    path: str | Path, role: str, config: UNetConfig | None = None
-) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
-    """role "student" expects the RSD 7-channel first conv, "teacher" the 6-channel ResShift one.
-    `config` is the teacher-shaped net config (default: the official x4 config, method.md 2.1)."""
-    state = read_checkpoint(path)
+def _first_conv_noise_channels(path: str | Path, state: dict[str, torch.Tensor], config: UNetConfig) -> int:
     if FIRST_CONV not in state:
         raise ArtifactError(f"{path}: not a UNet checkpoint (no {FIRST_CONV}; is it the autoencoder?)")
-    in_ch = state[FIRST_CONV].shape[1]
+    return int(state[FIRST_CONV].shape[1]) - config.with_noise_channels(0).first_conv_in_channels
+
+
+def _fits(noise_channels: int) -> str:
+    names = families_with_noise_channels(noise_channels)
+    return f"its shapes fit --family {' or '.join(names)}" if names else "its shapes fit no known family"
+
+
+def convert_net(
+    path: str | Path, family: Family, config: UNetConfig | None = None
+) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
+    """Read the UNet of `family` from a published file. The first conv must have the family's inputs
+    (6, or RSD's 7 with the noise channel) and a published file name must be the family's own; otherwise
+    the error names the family the file does fit. `config` is the teacher-shaped net config (default:
+    the official x4 config, method.md 2.1)."""
+    state = read_checkpoint(path)
     config = (config or UNetConfig()).with_noise_channels(0)
-    noise_channels = in_ch - config.first_conv_in_channels
-    if role == "student" and noise_channels <= 0:
+    noise_channels = _first_conv_noise_channels(path, state, config)
+    if noise_channels != family.noise_channels:
+        found = config.with_noise_channels(0).first_conv_in_channels + noise_channels
+        hint = " (or pass it as --teacher of an RSD artifact)" if family.name == "rsd" and noise_channels == 0 else ""
+        kind = "a teacher (ResShift-shaped) checkpoint" if noise_channels == 0 else "an RSD student checkpoint"
         raise ArtifactError(
-            f"{path}: {FIRST_CONV} has {in_ch} input channels: this is a teacher (ResShift) checkpoint, "
-            "not the RSD student; pass it as --teacher"
+            f"{path}: {FIRST_CONV} has {found} input channels: this is {kind}, not {family.title}; "
+            f"{_fits(noise_channels)}{hint}"
         )
-    if role == "teacher" and noise_channels != 0:
+    named = family_of_file(Path(path).name)
+    if named is not None and named != family.name:
         raise ArtifactError(
-            f"{path}: {FIRST_CONV} has {in_ch} input channels: this is a student checkpoint, not the teacher"
+            f"{path}: this is the published {named} checkpoint, not {family.name}; use --family {named}"
         )
     config = config.with_noise_channels(noise_channels)
     model = UNetModelSwin(config)  # real buffers, to regenerate the deterministic ones if absent
-    return config, _match_to_model(model, state, f"{role} UNet", path)
+    return config, _match_to_model(model, state, f"{family.name} UNet", path)
+
+
+def convert_teacher(path: str | Path, config: UNetConfig | None = None) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
+    """The 15-step teacher of an RSD artifact (a 6-channel ResShift s15 net)."""
+    state = read_checkpoint(path)
+    config = (config or UNetConfig()).with_noise_channels(0)
+    if _first_conv_noise_channels(path, state, config) != 0:
+        raise ArtifactError(f"{path}: {FIRST_CONV} has a noise input: this is a student checkpoint, not the teacher")
+    model = UNetModelSwin(config)
+    return config, _match_to_model(model, state, "teacher UNet", path)
 
 
 def convert_autoencoder(path: str | Path, config: VQConfig | None = None) -> tuple[VQConfig, dict[str, torch.Tensor]]:
@@ -112,8 +137,9 @@ def convert_autoencoder(path: str | Path, config: VQConfig | None = None) -> tup
     return config, _match_to_model(model, state, "VQ-f4 autoencoder", path)
 
 
-def convert_official(
-    student: str | Path,
+def convert_family(
+    family: str,
+    weights: str | Path,
     autoencoder: str | Path,
     out: str | Path,
     teacher: str | Path | None = None,
@@ -121,32 +147,41 @@ def convert_official(
     unet_config: UNetConfig | None = None,
     vq_config: VQConfig | None = None,
 ) -> Path:
-    """Convert the published files into an artifact directory at `out`.
+    """Convert a published `family` checkpoint and the VQ-f4 file into an artifact directory at `out`.
 
-    `unet_config`/`vq_config` default to the official x4 configs; other values serve tests and
-    compatible re-trainings."""
-    student_cfg, student_state = convert_unet(student, "student", unet_config)
+    The family fixes the first conv, the schedule and the sampler (rsd.family); `teacher` (RSD only) adds
+    the 15-step teacher. `unet_config`/`vq_config` default to the official x4 configs; other values
+    serve tests and compatible re-trainings. Nothing is written when a file is refused."""
+    row = get_family(family)
+    if teacher is not None and row.name != "rsd":
+        raise ArtifactError(f"--teacher belongs to the rsd family; {row.name} artifacts carry one net")
+    net_cfg, net_state = convert_net(weights, row, unet_config)
     vq_cfg, vq_state = convert_autoencoder(autoencoder, vq_config)
-    weights = {f"student.{k}": v for k, v in student_state.items()}
-    weights |= {f"autoencoder.{k}": v for k, v in vq_state.items()}
+    state = {f"student.{k}": v for k, v in net_state.items()}
+    state |= {f"autoencoder.{k}": v for k, v in vq_state.items()}
     teacher_cfg = None
     if teacher is not None:
-        teacher_cfg, teacher_state = convert_unet(teacher, "teacher", unet_config)
-        weights |= {f"teacher.{k}": v for k, v in teacher_state.items()}
+        teacher_cfg, teacher_state = convert_teacher(teacher, unet_config)
+        state |= {f"teacher.{k}": v for k, v in teacher_state.items()}
     spec = ModelSpec(
-        name="rsd-official-x4",
-        student=student_cfg,
+        name="rsd-official-x4" if row.name == "rsd" else f"{row.name}-official-x4",
+        family=row.name,
+        student=net_cfg,
         autoencoder=vq_cfg,
-        schedule=ScheduleConfig(),
+        schedule=row.schedule,
+        sampler=SamplerConfig(kind=row.sampler_kind, steps=row.steps),
         teacher=teacher_cfg,
         tiles=list(tiles),
         default_tile=tiles[0],
         default_overlap=16,
         provenance={
-            "student": Path(student).name,
+            "family": row.name,
+            "weights": Path(weights).name,
             "autoencoder": Path(autoencoder).name,
             "teacher": Path(teacher).name if teacher else "",
-            "licence": "published ResShift/RSD weights: see their authors' terms",
+            "source": row.source,
+            # converting changes the format, not the terms: the published licence stays with the weights
+            "licence": f"{row.licence}; autoencoder: {FAMILIES['resshift-s15'].licence}",
         },
     )
-    return save_artifact(out, spec, weights)
+    return save_artifact(out, spec, state)

@@ -11,7 +11,7 @@ same image on torch, onnxruntime and TensorRT.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,41 @@ def finish_output(spec: ModelSpec, sr: torch.Tensor, lq: torch.Tensor) -> torch.
     return (lr_consistent(sr, lq) if spec.lr_consistency else sr).clamp(-1.0, 1.0)
 
 
+class SRGraph(Protocol):
+    """What every sampler graph offers (OneStepSR, rsd.sampler.AncestralSR): `graph(lq, noise) -> sr`,
+    with all randomness in `noise` (N, noise_channels, h, w), so sr is a function of (lq, noise)."""
+
+    spec: ModelSpec
+    autoencoder: VQModelTorch
+
+    @property
+    def noise_channels(self) -> int: ...
+
+    def check_input(self, lq: torch.Tensor, noise: torch.Tensor) -> None: ...
+
+    #: nn.Module's own signature; the graphs take (lq, noise) and return sr
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def check_graph_input(spec: ModelSpec, noise_channels: int, lq: torch.Tensor, noise: torch.Tensor) -> None:
+    """lq (N, 3, h, w) with h, w multiples of the net's multiple; noise (N, noise_channels, h, w)."""
+    n, c, h, w = lq.shape
+    m = spec.lr_multiple
+    if c != 3 or h % m or w % m:
+        raise ValueError(f"lq must be (N, 3, h, w) with h, w multiples of {m}; got {tuple(lq.shape)}")
+    if tuple(noise.shape) != (n, noise_channels, h, w):
+        raise ValueError(
+            f"noise must be {(n, noise_channels, h, w)} for lq {tuple(lq.shape)}; got {tuple(noise.shape)}"
+        )
+
+
+def should_check() -> bool:
+    """Shape checks are Python branches: skipped while tracing or compiling (shapes are fixed there)."""
+    return not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+
+
 class OneStepSR(nn.Module):
     """One-step x4 super-resolution. Build it with `OneStepSR.from_artifact(dir)` only."""
 
@@ -70,14 +105,7 @@ class OneStepSR(nn.Module):
         return self.spec.student.out_channels + self.spec.noise_channels
 
     def check_input(self, lq: torch.Tensor, noise: torch.Tensor) -> None:
-        n, c, h, w = lq.shape
-        m = self.spec.lr_multiple
-        if c != 3 or h % m or w % m:
-            raise ValueError(f"lq must be (N, 3, h, w) with h, w multiples of {m}; got {tuple(lq.shape)}")
-        if tuple(noise.shape) != (n, self.noise_channels, h, w):
-            raise ValueError(
-                f"noise must be {(n, self.noise_channels, h, w)} for lq {tuple(lq.shape)}; got {tuple(noise.shape)}"
-            )
+        check_graph_input(self.spec, self.noise_channels, lq, noise)
 
     def encode_lq(self, lq: torch.Tensor) -> torch.Tensor:
         """z_y = E(bicubic_x4(lq)), no quantisation (method.md 1.5). (N,3,h,w) -> (N,3,h,w) latent."""
@@ -87,19 +115,22 @@ class OneStepSR(nn.Module):
         """lq: (N, 3, h, w) float in [-1, 1]; noise: (N, 3 + noise_channels, h, w) standard normal,
         channels 0-2 the prior noise eps, the rest the student noise xi.
         Returns sr: (N, 3, 4h, 4w) in [-1, 1]."""
-        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+        if should_check():
             self.check_input(lq, noise)
+        # Decode quantizes (method.md 3, fixtures README 5); no clamp before decode, clamp after.
+        return finish_output(self.spec, self.autoencoder.decode(self.predict_x0(lq, noise)), lq)
+
+    def predict_x0(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The latent the graph decodes: one net call at t = T-1 from the prior sample (no shape check)."""
         c = self.spec.student.out_channels
         eps, xi = noise[:, :c], noise[:, c:]
         z_y = self.encode_lq(lq)
         x_T = self.schedule.prior_sample(z_y, eps)  # method.md 1.2 prior, 5.1 step 5
         t = torch.full_like(lq[:, 0, 0, 0], self.schedule.T - 1, dtype=torch.long)
-        x0 = self.denoiser(x_T, t, lq, xi if self.spec.noise_channels else None)  # one call, t = T-1
-        # Decode quantizes (method.md 3, fixtures README 5); no clamp before decode, clamp after.
-        return finish_output(self.spec, self.autoencoder.decode(x0), lq)
+        return self.denoiser(x_T, t, lq, xi if self.spec.noise_channels else None)  # one call, t = T-1
 
 
-def forward_with_codes(model: OneStepSR, lq: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_with_codes(model: SRGraph, lq: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`model(lq, noise)` and the VQ codes it used, (N, h, w) int32, read by a hook on the quantiser (so the
     computation is exactly `OneStepSR.forward`). A continuous-latent autoencoder never quantises: all zeros."""
     captured: list[torch.Tensor] = []

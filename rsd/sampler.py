@@ -1,8 +1,11 @@
-"""The teacher's 15-step ancestral sampler (method.md 1.2, 5.3): baseline and quality reference.
+"""The K-step ancestral sampler (method.md 1.2, 5.3) and `load_graph`, the one way to build an artifact's graph.
 
-Same pipeline as OneStepSR but with the noise-free teacher run T times:
+ResShift (15 or 4 steps) and the RSD teacher run a noise-free net K = T times:
     z = z_y + kappa*sqrt(eta_T)*eps;  for t = T-1..0: x0 = f(z/s_t, t, lq); z = posterior sample
 then decode (quantizing), the optional LR-consistency step (spec `lr_consistency`) and clamp.
+The K steps are unrolled in the graph and every per-step noise is a slice of the `noise` input, so the
+output is a function of (lq, noise) like the one-step graph's (rsd.onestep.SRGraph): backends, the
+exporter and the service run either without knowing which (architecture.md invariant 2).
 """
 
 from __future__ import annotations
@@ -15,22 +18,25 @@ from torch import nn
 from rsd.denoiser import Denoiser
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
-from rsd.onestep import bicubic_x4, finish_output, load_nets
+from rsd.onestep import OneStepSR, SRGraph, bicubic_x4, check_graph_input, finish_output, load_nets, should_check
 from rsd.schedule import Schedule
-from rsd.spec import ModelSpec
+from rsd.spec import ModelSpec, read_spec
 
 
-class TeacherSampler(nn.Module):
-    def __init__(self, spec: ModelSpec, teacher: UNetModelSwin, autoencoder: VQModelTorch) -> None:
+class AncestralSR(nn.Module):
+    """K = schedule.steps ancestral steps with `net` (no noise input), unrolled; `from_artifact` only."""
+
+    def __init__(self, spec: ModelSpec, net: UNetModelSwin, autoencoder: VQModelTorch) -> None:
         super().__init__()
         self.spec = spec
         self.schedule = Schedule(spec.schedule)
-        self.denoiser = Denoiser(teacher, self.schedule)
+        self.denoiser = Denoiser(net, self.schedule)
         self.autoencoder = autoencoder
 
     @classmethod
-    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> TeacherSampler:
-        return cls(*load_nets(model_dir, "teacher", device)).eval()
+    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> AncestralSR:
+        """An ancestral artifact's own net (`student.*`: ResShift s15 / s4)."""
+        return cls(*load_nets(model_dir, "student", device)).eval()
 
     @property
     def latent_channels(self) -> int:
@@ -40,20 +46,50 @@ class TeacherSampler(nn.Module):
     @property
     def noise_channels(self) -> int:
         """C channels of prior noise, then C per step t = T-1 .. 1 (no noise is added at t = 0)."""
-        return self.latent_channels * self.schedule.T
+        return self.latent_channels * self.schedule.T  # == spec.graph_noise_channels for ancestral specs
 
-    def forward(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """lq: (N, 3, h, w) in [-1, 1]; noise: (N, C*T, h, w) standard normal. Returns (N, 3, 4h, 4w)."""
-        n, _, h, w = lq.shape
-        if tuple(noise.shape) != (n, self.noise_channels, h, w):
-            raise ValueError(f"noise must be {(n, self.noise_channels, h, w)}; got {tuple(noise.shape)}")
+    def check_input(self, lq: torch.Tensor, noise: torch.Tensor) -> None:
+        check_graph_input(self.spec, self.noise_channels, lq, noise)
+
+    def trajectory(self, lq: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(final latent x_0, the x0 prediction of every step t = T-1 .. 0); no shape check."""
         z_y = self.autoencoder.encode(bicubic_x4(lq))
         c = self.latent_channels
         z = self.schedule.prior_sample(z_y, noise[:, :c])
+        predictions = []
         for step, t_idx in enumerate(range(self.schedule.T - 1, -1, -1)):
-            t = torch.full((n,), t_idx, dtype=torch.long, device=lq.device)
+            t = torch.full_like(lq[:, 0, 0, 0], t_idx, dtype=torch.long)  # batch stays dynamic in exports
             x0 = self.denoiser(z, t, lq)
+            predictions.append(x0)
             # p_sample adds no noise at t = 0; channels for step k are C(k+1):C(k+2).
             step_noise = noise[:, c * (step + 1) : c * (step + 2)] if t_idx > 0 else torch.zeros_like(z)
             z = self.schedule.p_sample(x0, z, t, step_noise)
+        return z, predictions
+
+    def forward(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """lq: (N, 3, h, w) in [-1, 1]; noise: (N, C*T, h, w) standard normal. Returns (N, 3, 4h, 4w)."""
+        if should_check():
+            self.check_input(lq, noise)
+        z, _ = self.trajectory(lq, noise)
         return finish_output(self.spec, self.autoencoder.decode(z), lq)
+
+
+class TeacherSampler(AncestralSR):
+    """The 15-step sampler over an RSD artifact's `teacher.*` net (baseline and quality reference)."""
+
+    @classmethod
+    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> TeacherSampler:
+        return cls(*load_nets(model_dir, "teacher", device)).eval()
+
+
+def load_graph(model_dir: str | Path, device: str | torch.device = "cpu") -> OneStepSR | AncestralSR:
+    """The graph an artifact's spec names (`sampler.kind`): what every consumer runs."""
+    graph: OneStepSR | AncestralSR
+    if read_spec(model_dir).sampler.kind == "ancestral":
+        graph = AncestralSR.from_artifact(model_dir, device)
+    else:
+        graph = OneStepSR.from_artifact(model_dir, device)
+    return graph
+
+
+__all__ = ["AncestralSR", "SRGraph", "TeacherSampler", "load_graph"]

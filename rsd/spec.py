@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 
 from rsd.config import ScheduleConfig, UNetConfig, VQConfig, _Strict
+from rsd.family import FamilyName, get_family
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -24,15 +25,27 @@ class ArtifactError(ValueError):
     """An artifact directory or checkpoint file is missing, malformed or inconsistent."""
 
 
+class SamplerConfig(_Strict):
+    """How the graph samples (method.md 1.2): one net call at t = T-1 ("one-step", steps 1), or
+    `steps` ancestral steps t = T-1 .. 0 over the schedule ("ancestral", steps == schedule.steps)."""
+
+    kind: Literal["one-step", "ancestral"] = "one-step"
+    steps: int = Field(default=1, ge=1)
+
+
 class ModelSpec(_Strict):
     """Everything needed to rebuild `OneStepSR` (and optionally the teacher) from weights."""
 
     format_version: Literal[1] = 1
     name: str = "rsd"
+    #: the row of rsd.family.FAMILIES this model belongs to (its sampler and first conv)
+    family: FamilyName = "rsd"
+    #: the net the sampler runs (for ResShift/SinSR the 6-channel net itself, not a distilled student)
     student: UNetConfig
     autoencoder: VQConfig
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     schedule_hash: str = ""
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     #: the teacher's config when its weights are in the artifact (prefix `teacher.`), for the 15-step sampler
     teacher: UNetConfig | None = None
     scale: Literal[4] = 4
@@ -55,7 +68,17 @@ class ModelSpec(_Strict):
 
     @property
     def noise_channels(self) -> int:
+        """The net's noise input channels (RSD's student: 1; SinSR, ResShift: 0)."""
         return self.student.noise_channels
+
+    @property
+    def graph_noise_channels(self) -> int:
+        """Channels of the graph's `noise` input (architecture.md invariant 2): one step takes C prior
+        channels + the net's noise channels; K ancestral steps take C prior + C per step t = K-1 .. 1."""
+        latent = self.autoencoder.embed_dim
+        if self.sampler.kind == "ancestral":
+            return latent * self.sampler.steps
+        return latent + self.noise_channels
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -64,6 +87,7 @@ class ModelSpec(_Strict):
             raise ValueError(f"schedule_hash {self.schedule_hash!r} does not match the schedule config ({expected!r})")
         if not self.schedule_hash:
             object.__setattr__(self, "schedule_hash", expected)
+        self._check_sampler()
         if self.autoencoder.downsample_factor != self.scale:
             raise ValueError(
                 f"autoencoder downsamples by {self.autoencoder.downsample_factor}, but scale is {self.scale}"
@@ -80,6 +104,23 @@ class ModelSpec(_Strict):
         if not 0 <= self.default_overlap < self.default_tile:
             raise ValueError(f"default_overlap {self.default_overlap} must be in [0, {self.default_tile})")
         return self
+
+    def _check_sampler(self) -> None:
+        sampler, family = self.sampler, get_family(self.family)
+        if sampler.kind == "one-step" and sampler.steps != 1:
+            raise ValueError(f"a one-step sampler has steps 1, not {sampler.steps}")
+        if sampler.kind == "ancestral":
+            if sampler.steps != self.schedule.steps:
+                raise ValueError(
+                    f"an ancestral sampler runs every step of its schedule: steps {sampler.steps} != "
+                    f"schedule.steps {self.schedule.steps}"
+                )
+            if self.noise_channels:
+                raise ValueError("an ancestral sampler runs a net without noise input channels")
+        if sampler.kind != family.sampler_kind:
+            raise ValueError(f"family {family.name!r} samples {family.sampler_kind}, not {sampler.kind}")
+        if family.noise_channels == 0 and self.noise_channels:
+            raise ValueError(f"family {family.name!r} has no noise input, but the net has {self.noise_channels}")
 
 
 def read_spec(model_dir: str | Path) -> ModelSpec:

@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from rsd.family import FAMILY_NAMES
 from rsd.imagefile import ImageError
 from rsd.spec import ArtifactError
 
@@ -28,6 +29,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--tile", type=int, default=None, help="LR tile size (default: the model's)")
     up.add_argument("--overlap", type=int, default=None, help="LR overlap between tiles")
     up.add_argument("--seed", type=int, default=0)
+    up.add_argument(
+        "--outscale", type=float, default=None, help="final scale in (1, 4]: the x4 result resized with Lanczos"
+    )
     up.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     up.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     up.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch")
@@ -36,10 +40,23 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--quality", type=int, default=95)
     up.set_defaults(handler=run_upscale)
 
-    conv = sub.add_parser("convert-official", help="convert the published .pth files into an artifact")
-    conv.add_argument("--student", type=Path, required=True, help="RSD student, e.g. ema_model_2800.pth")
+    conv = sub.add_parser(
+        "convert-official",
+        help="convert published RSD / SinSR / ResShift .pth files into an artifact",
+        description="--family F --weights FILE, or the RSD form --student FILE [--teacher FILE] (= --family rsd)",
+    )
+    conv.add_argument("--family", choices=FAMILY_NAMES, default=None, help="the model family (default: rsd)")
+    conv.add_argument("--weights", type=Path, default=None, help="the family's net, e.g. SinSR_v1.pth")
+    conv.add_argument("--student", type=Path, default=None, help="RSD student, e.g. ema_model_2800.pth")
     conv.add_argument("--autoencoder", type=Path, required=True, help="VQ-f4, autoencoder_vq_f4.pth")
-    conv.add_argument("--teacher", type=Path, default=None, help="ResShift resshift_realsrx4_s15_v1.pth")
+    conv.add_argument("--teacher", type=Path, default=None, help="rsd only: resshift_realsrx4_s15_v1.pth")
+    conv.add_argument(
+        "--unet-config",
+        type=Path,
+        default=None,
+        help="JSON UNet config of a re-training (default: official)",
+    )
+    conv.add_argument("--vq-config", type=Path, default=None, help="JSON VQ config (default: the official VQ-f4)")
     conv.add_argument("--out", type=Path, required=True)
     conv.set_defaults(handler=run_convert)
 
@@ -67,13 +84,14 @@ def run_upscale(args: argparse.Namespace) -> int:
 
     from rsd.backends import load_upscaler
     from rsd.imagefile import ImageLimits, encode_image, format_from_suffix, read_image_file, write_image_file
+    from rsd.outscale import output_size
     from rsd.pipeline import choose_tile, upscale_array
     from rsd.spec import read_spec
 
     model_dir = args.model or default_model()
     read_spec(model_dir)  # fail fast, before decoding anything
     targets = _outputs(args.inputs, args.out, args.format)
-    limits = ImageLimits()
+    limits = ImageLimits(outscale=args.outscale)  # validates it; the pixel cap applies to the final size
     images = []  # all inputs are read and checked before any work, so a bad one writes nothing
     for path in args.inputs:
         try:
@@ -92,15 +110,32 @@ def run_upscale(args: argparse.Namespace) -> int:
                 )
             fmt = args.format or format_from_suffix(target)
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_image_file(target, encode_image(sr, image, fmt, args.quality))
-            print(f"{src} -> {target} ({sr.shape[1]}x{sr.shape[0]})")
+            write_image_file(target, encode_image(sr, image, fmt, args.quality, outscale=args.outscale))
+            height, width = output_size(image.height, image.width, args.outscale, upscaler.spec.scale)
+            print(f"{src} -> {target} ({width}x{height})")
     return 0
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from rsd.official import convert_official
+    from rsd.config import UNetConfig, VQConfig
+    from rsd.official import convert_family
 
-    out = convert_official(args.student, args.autoencoder, args.out, teacher=args.teacher)
+    if (args.weights is None) == (args.student is None):
+        raise ValueError("give the net as --weights FILE (any --family) or as --student FILE (rsd), exactly once")
+    if args.student is not None and args.family not in (None, "rsd"):
+        raise ValueError(f"--student is the RSD form; for --family {args.family} pass --weights")
+    family = args.family or "rsd"
+    unet_config = None if args.unet_config is None else UNetConfig.model_validate_json(args.unet_config.read_text())
+    vq_config = None if args.vq_config is None else VQConfig.model_validate_json(args.vq_config.read_text())
+    out = convert_family(
+        family,
+        args.weights or args.student,
+        args.autoencoder,
+        args.out,
+        teacher=args.teacher,
+        unet_config=unet_config,
+        vq_config=vq_config,
+    )
     print(f"wrote artifact {out}")
     return 0
 

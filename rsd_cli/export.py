@@ -79,6 +79,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--batches", type=_int_list, default=[1, 2, 4, 8])
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--no-teacher", action="store_true", help="skip the 15-step teacher comparison")
+    bench.add_argument("--no-steps", action="store_true", help="skip the 1 / 4 / 15-step table")
     bench.add_argument("--out", type=Path, default=Path("bench/results"))
     bench.set_defaults(handler=run_bench)
 
@@ -189,5 +190,6 @@ def run_bench(args: argparse.Namespace) -> int:
         args.threads,
         not args.no_teacher,
         args.out,
+        steps=not args.no_steps,
     )
     return 0

@@ -50,3 +50,48 @@ def golden_artifact(ref_dir: Path, out: Path, with_teacher: bool = False) -> Pat
         default_overlap=16,
     )
     return save_artifact(out, spec, weights)
+
+
+#: the published files' layouts (method.md 6): DDP `module.` prefixes, a bare state dict, and the
+#: `params_ema` / `state_dict` wrappers; Swin `attn_mask` buffers are dropped where a file may lack them
+LAYOUTS = ("module", "bare", "params_ema", "state_dict")
+
+
+def published_layout(state: dict[str, torch.Tensor], layout: str) -> dict[str, object]:
+    """`state` as a published checkpoint in `layout` would hold it."""
+    match layout:
+        case "module":
+            return {f"module.{k}": v for k, v in state.items() if "attn_mask" not in k}
+        case "bare":
+            return dict(state)
+        case "params_ema":
+            return {"params_ema": dict(state), "step": torch.tensor(2800)}
+        case "state_dict":
+            return {"state_dict": {f"_orig_mod.{k}": v for k, v in state.items()}}
+    raise ValueError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
+
+
+def save_published(ref_dir: Path, directory: Path, family: str, layout: str) -> Path:
+    """The small golden net of `family` (the student for rsd, else the teacher net) saved in `layout`,
+    under the family's first published file name."""
+    from rsd.family import get_family
+
+    row = get_family(family)
+    npz = "unet_swin_small_student.npz" if row.noise_channels else "unet_swin_small.npz"
+    state, _ = load_npz(ref_dir / npz)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / row.files[0]
+    torch.save(published_layout(state, layout), path)
+    return path
+
+
+def convert_golden_family(ref_dir: Path, family: str, out: Path, layout: str = "bare") -> Path:
+    """An artifact converted from the small golden weights of `family` through `convert_family`."""
+    from rsd.official import convert_family
+
+    teacher_cfg, _, vq_cfg = golden_configs(ref_dir)
+    weights = save_published(ref_dir, out.parent / f"{out.name}-published", family, layout)
+    vq_path = out.parent / f"{out.name}-published" / "autoencoder_vq_f4.pth"
+    vq_state, _ = load_npz(ref_dir / "vq_f4_small.npz")
+    torch.save(vq_state, vq_path)
+    return convert_family(family, weights, vq_path, out, tiles=(64,), unet_config=teacher_cfg, vq_config=vq_cfg)

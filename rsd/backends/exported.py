@@ -223,7 +223,7 @@ def check_onnx_metadata(path: str | Path, props: dict[str, str], spec: ModelSpec
         )
     if props.get(META_TILE) != str(tile):
         raise ExportMismatchError(f"{path}: built for tile {props.get(META_TILE)}, not {tile}")
-    expected_noise = spec.student.out_channels + spec.noise_channels
+    expected_noise = spec.graph_noise_channels
     if props.get(META_NOISE_CHANNELS) != str(expected_noise):
         raise ExportMismatchError(
             f"{path}: takes {props.get(META_NOISE_CHANNELS)} noise channels, the artifact needs {expected_noise}"

@@ -109,7 +109,7 @@ class OnnxRuntimeUpscaler(Upscaler):
             str(path), options, providers=provider_list(ort, provider, device_id, trt_cache)
         )
         check_onnx_metadata(path, dict(self.session.get_modelmeta().custom_metadata_map), self.spec, self.tile)
-        self.noise_channels = self.spec.student.out_channels + self.spec.noise_channels
+        self.noise_channels = self.spec.graph_noise_channels
         self.path = path
         self.provider = provider
         self.device_id = device_id

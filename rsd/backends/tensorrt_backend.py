@@ -109,7 +109,7 @@ class TensorRTUpscaler(Upscaler):
         check_engine_meta(meta, path, self.spec, self.tile, runtime=runtime_info(trt, device))
         self.meta: EngineMeta = meta
         self.device = device
-        self.noise_channels = self.spec.student.out_channels + self.spec.noise_channels
+        self.noise_channels = self.spec.graph_noise_channels
         self.name = f"tensorrt-{'-'.join(meta.precision)}"
         self._trt = trt
         self._load(trt, path)

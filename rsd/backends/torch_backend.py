@@ -1,4 +1,5 @@
-"""The torch backend: OneStepSR in eager mode (optionally torch.compile), CPU or CUDA, fp32/fp16/bf16.
+"""The torch backend: the artifact's graph (one or K steps, rsd.sampler.load_graph) in eager mode
+(optionally torch.compile), CPU or CUDA, fp32/fp16/bf16.
 
 Reduced precision is autocast over the fp32 weights (GroupNorm and the softmax stay fp32, as in the
 reference's fp16 mode, method.md 2.7). On CPUs with AMX / avx512_bf16, bf16 autocast runs the
@@ -20,7 +21,8 @@ import torch
 
 from rsd.backends.base import Upscaler
 from rsd.noise import draw_noise_batch
-from rsd.onestep import OneStepSR, forward_with_codes
+from rsd.onestep import forward_with_codes
+from rsd.sampler import load_graph
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -33,7 +35,7 @@ class TorchUpscaler(Upscaler):
             raise RuntimeError(f"device {device!r} requested but CUDA is not available to torch")
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
-        self.model = OneStepSR.from_artifact(model_dir, device=self.device)
+        self.model = load_graph(model_dir, device=self.device)
         self.spec = self.model.spec
         self.name = f"torch-{self.device.type}-{dtype}" + ("-compile" if compile else "")
         self._forward = torch.compile(self.model, dynamic=False) if compile else self.model

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rsd.official import convert_official, read_checkpoint
+from rsd.official import convert_family, read_checkpoint
 from rsd.onestep import OneStepSR
 from rsd.spec import ArtifactError
 from tests.golden import golden_artifact, golden_configs, load_npz
@@ -43,7 +43,8 @@ def _convert(ref_dir: Path, published: dict[str, Path], out: Path, **files: Path
         "teacher": published["teacher"],
     }
     kwargs.update(files)
-    return convert_official(
+    return convert_family(
+        "rsd",
         kwargs["student"],
         kwargs["autoencoder"],
         out,
