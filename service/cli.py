@@ -52,6 +52,9 @@ def serve_command(args: argparse.Namespace) -> int:
             logging.warning("--workers %d without REDIS_URL: each process loads its own model and queue", args.workers)
         # metrics must aggregate across the processes (serving.md "Metrics")
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="rsd-metrics-"))
+    from service import metrics
+
+    metrics.claim_directory(f"api-{os.getpid()}")  # this process's uvicorn children are one exporter
     uvicorn.run(
         "service.main:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
         log_level="info",
@@ -65,6 +68,10 @@ def worker_command(args: argparse.Namespace) -> int:
     from service.settings import ServiceSettings
     from service.worker import run_worker
 
+    if args.metrics_port is not None:  # without a port the worker is exported by its directory's owner
+        from service import metrics
+
+        metrics.claim_directory(f"worker-{os.getpid()}")
     run_worker(ServiceSettings(), metrics_port=args.metrics_port)
     return 0
 

@@ -1,15 +1,17 @@
-"""Prometheus metrics (serving.md "Metrics"), correct across processes.
+"""Prometheus metrics (serving.md "Metrics"), counted once whatever the process layout.
 
-With several uvicorn worker processes (or API and model workers on one host) set
-`PROMETHEUS_MULTIPROC_DIR` to an empty directory shared by all of them *before* they start:
-prometheus_client then keeps each process's values in memory-mapped files there and the exposition
-aggregates them (histograms and counters summed; `rsd_inflight_requests` summed over live processes;
-`rsd_backlog_tiles` the most recent value written by any process). Without the variable, each process
-exposes its own registry (fine for one process).
+`PROMETHEUS_MULTIPROC_DIR` makes prometheus_client keep each process's values in memory-mapped files in
+that directory, and an exposition from it sums every process's files (histograms and counters summed;
+`rsd_inflight_requests` over live processes; `rsd_backlog_tiles` the most recent value written). So a
+directory must have exactly one exporter, one scrape target: `rsd serve --workers N` (its uvicorn
+processes share one directory, created if unset) or one `rsd worker --metrics-port`. A second exporter on
+the same directory would re-export the first one's counts and every request would be counted twice by a
+Prometheus that scrapes both (as deploy/prometheus/prometheus.yml does), so `claim_directory` refuses to
+start it. A worker without `--metrics-port` may write into its host API's directory: that API then exports
+its counts, once. Without the variable each process exposes its own registry (fine for one process).
 
-API side: request duration, rejections, in-flight requests, input megapixels, backlog. Worker side:
-queue wait, batch compute and size, tiles, redeliveries, dead jobs. A worker on another host exposes
-its own with `rsd worker --metrics-port`.
+API side: request duration, rejections, in-flight image requests, input megapixels, backlog. Worker side:
+queue wait, batch compute and size, tiles, redeliveries, dead jobs.
 """
 
 from __future__ import annotations
@@ -28,23 +30,32 @@ from prometheus_client import (
     start_http_server,
 )
 
-_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+# Four buckets per doubling from 5 ms (a GPU batch) to 655 s (a large image on CPU): histogram_quantile
+# interpolates inside one bucket, so adjacent bounds 19% apart keep its p50/p90/p99 within about 15% of the
+# true quantile (tests/deploy/test_prometheus.py measures it). 69 bounds + +Inf + _sum + _count = 72 series
+# per label set.
+LATENCY_BUCKETS = tuple(round(0.005 * 2 ** (i / 4), 6) for i in range(69))
+OWNER_FILE = "rsd-metrics-exporter"
 
 REQUEST_DURATION = Histogram(
     "rsd_request_duration_seconds",
     "HTTP request duration by route template and status code",
     ["route", "status"],
-    buckets=_SECONDS,
+    buckets=LATENCY_BUCKETS,
 )
-QUEUE_WAIT = Histogram("rsd_queue_wait_seconds", "Time from admission to a worker taking the job", buckets=_SECONDS)
-BATCH_COMPUTE = Histogram("rsd_batch_compute_seconds", "Model time per batch of tiles", ["backend"], buckets=_SECONDS)
+QUEUE_WAIT = Histogram(
+    "rsd_queue_wait_seconds", "Time from admission to a worker taking the job", buckets=LATENCY_BUCKETS
+)
+BATCH_COMPUTE = Histogram(
+    "rsd_batch_compute_seconds", "Model time per batch of tiles", ["backend"], buckets=LATENCY_BUCKETS
+)
 BATCH_SIZE = Histogram("rsd_batch_size_tiles", "Tiles per model batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
 TILES = Counter("rsd_tiles", "Tiles computed by the model")
 REJECTED = Counter("rsd_requests_rejected", "Requests refused, by reason", ["reason"])
 REDELIVERIES = Counter("rsd_job_redeliveries", "Jobs reclaimed from a worker whose lease lapsed")
 DEAD_JOBS = Counter("rsd_dead_jobs", "Jobs sent to the dead stream after max attempts")
 BACKLOG = Gauge("rsd_backlog_tiles", "Outstanding tiles (admitted, not finished)", multiprocess_mode="mostrecent")
-INFLIGHT = Gauge("rsd_inflight_requests", "Requests being handled", multiprocess_mode="livesum")
+INFLIGHT = Gauge("rsd_inflight_requests", "Image requests (/upscale, /jobs) being handled", multiprocess_mode="livesum")
 INPUT_MEGAPIXELS = Histogram(
     "rsd_input_megapixels",
     "Decoded input size in megapixels",
@@ -54,6 +65,46 @@ INPUT_MEGAPIXELS = Histogram(
 
 def multiprocess_enabled() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+def claim_directory(exporter: str) -> None:
+    """Make this process group the one exporter of `PROMETHEUS_MULTIPROC_DIR`, or refuse with the reason.
+
+    `exporter` names the group (`api-<pid of rsd serve>`, `worker-<pid>`); a directory claimed by a live
+    process of another group is an error, one left by a dead process is taken over.
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return
+    if not os.path.isdir(directory):
+        raise RuntimeError(f"PROMETHEUS_MULTIPROC_DIR={directory} is not a directory: create it (empty) first")
+    owner_path = os.path.join(directory, OWNER_FILE)
+    try:
+        with open(owner_path) as handle:
+            owner = handle.read().strip()
+    except FileNotFoundError:
+        owner = ""
+    if owner and owner != exporter and _alive(owner):
+        raise RuntimeError(
+            f"PROMETHEUS_MULTIPROC_DIR={directory} is already exported by {owner}; give {exporter} a directory of "
+            "its own: two exporters of one directory make Prometheus count every request and tile twice "
+            "(docs/observability.md)"
+        )
+    with open(owner_path, "w") as handle:
+        handle.write(exporter)
+
+
+def _alive(exporter: str) -> bool:
+    pid = exporter.rsplit("-", 1)[-1]
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _registry() -> CollectorRegistry:

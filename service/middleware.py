@@ -2,7 +2,8 @@
 
 `X-Request-Id`: the client's, when it is a short token, else a fresh one; echoed on every answer.
 `rsd_request_duration_seconds{route,status}` uses the route template (`/jobs/{job_id}`), never the raw
-path, so ids do not explode the label set.
+path, so ids do not explode the label set. `rsd_inflight_requests` counts image requests only (`/upscale`,
+`/jobs...`): a scrape or a health probe is not load.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import metrics
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+IMAGE_PATHS = ("/upscale", "/jobs")
+
+
+def is_image_request(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in IMAGE_PATHS)
 
 
 class ObservabilityMiddleware:
@@ -40,11 +46,14 @@ class ObservabilityMiddleware:
                 message = {**message, "headers": headers}
             await send(message)
 
-        metrics.INFLIGHT.inc()
+        counted = is_image_request(scope.get("path", ""))
+        if counted:
+            metrics.INFLIGHT.inc()
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            metrics.INFLIGHT.dec()
+            if counted:
+                metrics.INFLIGHT.dec()
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             metrics.REQUEST_DURATION.labels(route=template, status=str(status)).observe(time.perf_counter() - started)

@@ -128,4 +128,4 @@ def test_metrics_are_aggregated_over_two_uvicorn_processes(
         batch_sizes = families["rsd_batch_size_tiles"]
         assert batch_sizes[("rsd_batch_size_tiles_sum", ())] == expected_tiles
         assert families["rsd_backlog_tiles"][("rsd_backlog_tiles", ())] == 0
-        assert families["rsd_inflight_requests"][("rsd_inflight_requests", ())] == 1  # this scrape itself
+        assert families["rsd_inflight_requests"][("rsd_inflight_requests", ())] == 0  # a scrape is not counted
