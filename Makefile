@@ -6,9 +6,14 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup test test-slow lint serve bench tiny-model clean
+.PHONY: setup system test test-slow lint serve bench tiny-model clean
 
-setup: $(STAMP)
+setup: system $(STAMP)
+
+# redis-server, nginx, chromium, prometheus, podman, ...: the tests run them for real. The list and the
+# install (apt as root; otherwise the exact command to run) live in the script.
+system:
+	scripts/system_packages.sh
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

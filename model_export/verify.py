@@ -56,8 +56,8 @@ class Candidate:
     name: str
     make: Callable[[], CodeRunner]
     reduced_precision: bool
-    #: ("onnx", file name) -> export.json; ("engine", file name) -> the engine's metadata; None: printed only
-    record: tuple[Literal["onnx", "engine"], str] | None
+    #: ("onnx", file) -> the export.json beside it; ("engine", file) -> the engine's metadata; None: printed only
+    record: tuple[Literal["onnx", "engine"], Path] | None
 
 
 def parity_tiles(tile: int, count: int, seed: int) -> tuple[np.ndarray, list[int]]:
@@ -155,26 +155,25 @@ def verify(
         finally:
             runner.close()
         record = compare(candidate.name, reference, runs, tolerance, candidate.reduced_precision, min_psnr)
-        _store(model_dir, candidate, record)
+        _store(candidate, record)
         records.append(record)
     return records
 
 
-def _store(model_dir: str | Path, candidate: Candidate, record: ParityRecord) -> None:
+def _store(candidate: Candidate, record: ParityRecord) -> None:
     if candidate.record is None:
         return
-    kind, name = candidate.record
-    folder = export_dir(model_dir)
+    kind, path = candidate.record
     if kind == "onnx":
-        index = read_export_index(folder)
-        if name in index.files:
-            entry = index.files[name]
+        index = read_export_index(path.parent)
+        if path.name in index.files:
+            entry = index.files[path.name]
             entry.parity[record.backend] = record
-            write_export_record(folder, entry)
+            write_export_record(path.parent, entry)
     else:
-        meta = read_engine_meta(folder / name)
+        meta = read_engine_meta(path)
         meta.parity[record.backend] = record
-        write_engine_meta(folder / name, meta)
+        write_engine_meta(path, meta)
 
 
 def candidate(name: str, model_dir: Path, tile: int, device: str = "cpu", threads: int | None = None) -> Candidate:
@@ -185,15 +184,27 @@ def candidate(name: str, model_dir: Path, tile: int, device: str = "cpu", thread
     from model_export.variants import make_variant
 
     parts = name.split("-")
-    record: tuple[Literal["onnx", "engine"], str] | None = None
+    record: tuple[Literal["onnx", "engine"], Path] | None = None
+    folder = export_dir(model_dir)
     on_gpu = parts[0] == "tensorrt" or parts[1:2] in (["cuda"], ["tensorrt"])
     if parts[0] == "onnxruntime":
-        record = ("onnx", onnx_file_name(tile, "fp16" if "fp16" in parts else "fp32"))
+        record = ("onnx", folder / onnx_file_name(tile, "fp16" if "fp16" in parts else "fp32"))
     elif parts[0] == "tensorrt":
-        record = ("engine", engine_file_name(tile, parts[1:2]))
+        record = ("engine", folder / engine_file_name(tile, parts[1:2]))
     run_on = (device if device.startswith("cuda") else "cuda") if on_gpu else device
     reduced = any(p in ("fp16", "bf16") for p in parts)
     return Candidate(name, lambda: make_variant(name, model_dir, tile, run_on, threads), reduced, record)
+
+
+def onnx_file_candidate(model_dir: Path, tile: int, path: Path, dtype: Literal["fp32", "fp16"]) -> Candidate:
+    """The onnxruntime CPU run of an ONNX file wherever it was written (`rsd export onnx --out`); its
+    parity goes into the export.json beside the file."""
+    from rsd.backends.onnxruntime_backend import OnnxRuntimeUpscaler
+
+    def make() -> CodeRunner:
+        return OnnxRuntimeUpscaler(model_dir, tile, provider="cpu", dtype=dtype, onnx_path=path)
+
+    return Candidate(f"onnxruntime-{dtype}", make, dtype == "fp16", ("onnx", path))
 
 
 def available_variants(model_dir: Path, tile: int) -> list[str]:

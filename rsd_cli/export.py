@@ -115,12 +115,13 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         f"wrote {path} ({record.exporter} exporter, opset {record.opset}, {record.export_seconds:.0f} s, "
         f"schedule {record.schedule_hash})"
     )
-    if args.no_verify or args.out is not None:
-        return 0  # parity runs the file from the artifact's export folder
-    from model_export.verify import candidate, verify
+    if args.no_verify:
+        print("parity not checked (--no-verify): run `rsd verify` before serving this file")
+        return 0
+    from model_export.verify import onnx_file_candidate, verify
 
-    name = f"onnxruntime-{args.dtype}"  # CPU provider; fp16 judged by PSNR
-    records = verify(args.model, args.tile, [candidate(name, args.model, args.tile)])
+    # the file just written, wherever --out put it; onnxruntime CPU provider, fp16 judged by PSNR
+    records = verify(args.model, args.tile, [onnx_file_candidate(Path(args.model), args.tile, path, args.dtype)])
     _print_parity(records)
     return 0 if all(r.passed for r in records) else 1
 

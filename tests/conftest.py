@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools import on_ci, skip_is_allowed_on_ci
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "fixtures" / "reference"
 
@@ -30,3 +32,17 @@ def reference_dir() -> Path:
 @pytest.fixture(scope="session")
 def ref_dir() -> Path:
     return reference_dir()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Under CI=true a skip is a failure unless no CI machine could run the test (docs/architecture.md
+    "Testing"): a missing redis-server, nginx or Chromium must not pass as green."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and on_ci()) or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if not skip_is_allowed_on_ci(reason):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which runs every test: {reason}"

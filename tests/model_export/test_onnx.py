@@ -145,9 +145,7 @@ def test_gpu_provider_missing_is_a_clear_error(tiny_dir: Path) -> None:
 
 def test_cli_fp16_export_runs_with_fp32_io_and_is_verified(tiny_dir: Path, tmp_path: Path, capsys) -> None:
     work = shutil.copytree(tiny_dir, tmp_path / "fp16")
-    parser = argparse.ArgumentParser(prog="rsd")
-    export_cli.add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["export", "onnx", "--model", str(work), "--tile", str(TILE), "--dtype", "fp16"])
+    args = _export_cli("--model", str(work), "--tile", str(TILE), "--dtype", "fp16")
     assert args.handler(args) == 0
     assert "onnxruntime-fp16" in capsys.readouterr().out
     model = onnx.load(str(work / "export" / "tile32.fp16.onnx"))
@@ -155,6 +153,29 @@ def test_cli_fp16_export_runs_with_fp32_io_and_is_verified(tiny_dir: Path, tmp_p
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
     parity = read_export_index(work / "export").files["tile32.fp16.onnx"].parity["onnxruntime-fp16"]
     assert parity.criterion == "psnr" and parity.passed and parity.batch_sizes == [1, 3]
+
+
+def _export_cli(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="rsd")
+    export_cli.add_parsers(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["export", "onnx", *argv])
+
+
+def test_cli_export_outside_the_artifact_is_verified_too(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "elsewhere" / "model.onnx"
+    args = _export_cli("--model", str(tiny_dir), "--tile", str(TILE), "--out", str(out))
+    assert args.handler(args) == 0
+    assert "onnxruntime-fp32" in capsys.readouterr().out
+    parity = read_export_index(out.parent).files["model.onnx"].parity["onnxruntime-fp32"]
+    assert parity.criterion == "max_abs" and parity.passed and parity.batch_sizes == [1, 3]
+
+
+def test_cli_export_without_verify_says_so(tiny_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "unchecked.onnx"
+    args = _export_cli("--model", str(tiny_dir), "--tile", str(TILE), "--out", str(out), "--no-verify")
+    assert args.handler(args) == 0
+    assert "parity not checked (--no-verify)" in capsys.readouterr().out
+    assert read_export_index(tmp_path).files["unchecked.onnx"].parity == {}
 
 
 def test_bundled_layout_exports_and_matches_torch(tmp_path: Path) -> None:
