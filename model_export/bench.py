@@ -17,15 +17,20 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model_export.variants import BASELINE, Runner, make_variant
 from model_export.verify import parity_tiles, psnr_db
+from rsd.spec import read_spec
+
+if TYPE_CHECKING:
+    from model_export.steps_bench import StepsRow
 
 
 class PeakRss:
@@ -79,10 +84,133 @@ def _cuda_peak(device: str, reset: bool) -> int:
     return int(torch.cuda.max_memory_allocated())
 
 
+@dataclass(frozen=True)
+class BatchTiming:
+    """One backend at one batch size: best and median of the rounds, throughput, peak memory."""
+
+    seconds: float
+    median_seconds: float
+    ms_per_tile: float
+    tiles_per_s: float
+    peak_mib: float
+    runs: tuple[float, ...]
+
+    @classmethod
+    def from_runs(cls, batch: int, runs: Sequence[float], peak_bytes: int) -> BatchTiming:
+        seconds = min(runs)  # best of the rounds: on a shared machine interference only ever adds time
+        return cls(
+            seconds=seconds,
+            median_seconds=statistics.median(runs),
+            ms_per_tile=1000 * seconds / batch,
+            tiles_per_s=batch / seconds,
+            peak_mib=peak_bytes / 2**20,
+            runs=tuple(runs),
+        )
+
+
+@dataclass
+class BackendResult:
+    """One backend over every batch size; `psnr_db` against torch fp32 (None: identical)."""
+
+    batches: dict[int, BatchTiming]
+    psnr_db: float | None
+    #: resident memory the backend added when built (weights, session, engine)
+    load_mib: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "batches": {batch: asdict(row) for batch, row in self.batches.items()},
+            "psnr_db": self.psnr_db,
+            "load_mib": self.load_mib,
+        }
+
+
+@dataclass(frozen=True)
+class TeacherRatio:
+    """One-step vs the 15-step teacher, torch fp32 eager, batch 1."""
+
+    one_step_s: float
+    teacher_s: float
+    speed_ratio: float
+    flop_ratio: float
+    one_step_gflops: float
+    teacher_gflops: float
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `rsd bench` measures: which artifact, tile, variants, batch sizes, rounds, where it writes."""
+
+    model_dir: Path
+    tile: int
+    variants: tuple[str, ...] = ()
+    batches: tuple[int, ...] = (1, 2, 4, 8)
+    repeats: int = 3
+    device: str = "cpu"
+    #: torch intra-op threads during the run (None: leave torch's setting)
+    threads: int | None = None
+    #: also compare with the artifact's 15-step teacher
+    teacher: bool = True
+    #: also measure the 1 / 4 / 15-step table (model_export.steps_bench)
+    steps: bool = True
+    out_dir: Path = Path("bench/results")
+
+    def __post_init__(self) -> None:
+        for name, value in (("tile", self.tile), ("repeats", self.repeats)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
+            raise ValueError(f"batches must be positive ints, got {list(self.batches)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be a positive int, got {self.threads!r}")
+
+
+@dataclass
+class BenchReport:
+    """The JSON document `rsd bench` writes (`to_json`), filled as the run goes."""
+
+    config: BenchConfig
+    model_name: str
+    torch_version: str
+    backends: dict[str, BackendResult] = field(default_factory=dict)
+    load_average: tuple[float, float, float] | None = None
+    teacher: TeacherRatio | None = None
+    steps: list[StepsRow] | None = None
+
+    @property
+    def stem(self) -> str:
+        return f"bench_{self.model_name}_{self.config.tile}"
+
+    @property
+    def title(self) -> str:
+        c = self.config
+        return f"{self.model_name}, LR tile {c.tile} -> {4 * c.tile}px, {c.device}, threads={c.threads}"
+
+    def to_json(self) -> dict[str, Any]:
+        c = self.config
+        document: dict[str, Any] = {
+            "model": str(c.model_dir),
+            "tile": c.tile,
+            "device": c.device,
+            "threads": c.threads,
+            "batches": list(c.batches),
+            "repeats": c.repeats,
+            "torch_version": self.torch_version,
+            "backends": {name: result.to_json() for name, result in self.backends.items()},
+        }
+        if self.load_average is not None:
+            document["load_average"] = list(self.load_average)
+        if c.teacher:
+            document["teacher"] = None if self.teacher is None else asdict(self.teacher)
+        if self.steps is not None:
+            document["steps"] = [asdict(row) for row in self.steps]
+        return document
+
+
 def measure_backends(
-    runners: dict[str, Runner], lq: np.ndarray, seeds: list[int], batches: Sequence[int], repeats: int, device: str
-) -> dict[str, dict[str, Any]]:
-    """{backend: {"batches": {b: {...}}, "psnr_db": ...}}: warm-up, then `repeats` interleaved rounds."""
+    runners: Mapping[str, Runner], lq: np.ndarray, seeds: list[int], batches: Sequence[int], repeats: int, device: str
+) -> dict[str, BackendResult]:
+    """One BackendResult per runner: warm-up, then `repeats` interleaved rounds."""
     outputs: dict[str, np.ndarray] = {}
     top = max(batches)
     for name, runner in runners.items():  # warm-up: compiles, allocates, tunes
@@ -100,25 +228,16 @@ def measure_backends(
                     times[name, batch].append(_timed(partial(runner.run, lq[:batch], seeds[:batch])))
                 memory[name, batch] = max(memory[name, batch], rss.peak_bytes, _cuda_peak(device, reset=False))
     reference = outputs[BASELINE]
-    results: dict[str, dict[str, Any]] = {}
-    for name in runners:
-        rows = {}
-        for batch in batches:
-            # best of the rounds: on a shared machine interference only ever adds time
-            seconds = min(times[name, batch])
-            rows[batch] = {
-                "seconds": seconds,
-                "median_seconds": statistics.median(times[name, batch]),
-                "ms_per_tile": 1000 * seconds / batch,
-                "tiles_per_s": batch / seconds,
-                "peak_mib": memory[name, batch] / 2**20,
-                "runs": times[name, batch],
-            }
-        results[name] = {"batches": rows, "psnr_db": psnr_db(outputs[name], reference)}
-    return results
+    return {
+        name: BackendResult(
+            batches={b: BatchTiming.from_runs(b, times[name, b], memory[name, b]) for b in batches},
+            psnr_db=psnr_db(outputs[name], reference),
+        )
+        for name in runners
+    }
 
 
-def teacher_ratio(model_dir: Path, tile: int, device: str, repeats: int) -> dict[str, float] | None:
+def teacher_ratio(model_dir: Path, tile: int, device: str, repeats: int) -> TeacherRatio | None:
     """One-step vs 15-step teacher, torch fp32 eager, batch 1: time ratio and FLOP ratio (None: no teacher)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -126,7 +245,6 @@ def teacher_ratio(model_dir: Path, tile: int, device: str, repeats: int) -> dict
     from rsd.noise import draw_noise_batch
     from rsd.onestep import OneStepSR
     from rsd.sampler import TeacherSampler
-    from rsd.spec import read_spec
 
     if read_spec(model_dir).teacher is None:
         return None
@@ -149,36 +267,36 @@ def teacher_ratio(model_dir: Path, tile: int, device: str, repeats: int) -> dict
             for name, (module, noise) in calls.items():
                 samples[name].append(_timed(partial(module, lq, noise.to(device))))
         seconds = {name: min(s) for name, s in samples.items()}
-    return {
-        "one_step_s": seconds["one_step"],
-        "teacher_s": seconds["teacher"],
-        "speed_ratio": seconds["teacher"] / seconds["one_step"],
-        "flop_ratio": flops["teacher"] / flops["one_step"],
-        "one_step_gflops": flops["one_step"] / 1e9,
-        "teacher_gflops": flops["teacher"] / 1e9,
-    }
+    return TeacherRatio(
+        one_step_s=seconds["one_step"],
+        teacher_s=seconds["teacher"],
+        speed_ratio=seconds["teacher"] / seconds["one_step"],
+        flop_ratio=flops["teacher"] / flops["one_step"],
+        one_step_gflops=flops["one_step"] / 1e9,
+        teacher_gflops=flops["teacher"] / 1e9,
+    )
 
 
-def format_table(results: dict[str, dict[str, Any]], batches: Sequence[int]) -> str:
-    base = results[BASELINE]["batches"]
+def format_table(results: Mapping[str, BackendResult], batches: Sequence[int]) -> str:
+    base = results[BASELINE].batches
     lines = [
         f"{'backend':28s} {'batch':>5s} {'ms/tile':>9s} {'tiles/s':>8s} {'vs fp32':>8s} "
         f"{'load MiB':>8s} {'peak MiB':>9s} {'PSNR dB':>8s}"
     ]
     for name, result in results.items():
-        psnr = result["psnr_db"]
+        psnr = result.psnr_db
         psnr_text = "exact" if psnr is None else f"{psnr:.1f}"
         for batch in batches:
-            row = result["batches"][batch]
-            speedup = row["tiles_per_s"] / base[batch]["tiles_per_s"]
+            row = result.batches[batch]
+            speedup = row.tiles_per_s / base[batch].tiles_per_s
             lines.append(
-                f"{name:28s} {batch:5d} {row['ms_per_tile']:9.1f} {row['tiles_per_s']:8.3f} "
-                f"{speedup:7.2f}x {result.get('load_mib', 0.0):8.0f} {row['peak_mib']:9.0f} {psnr_text:>8s}"
+                f"{name:28s} {batch:5d} {row.ms_per_tile:9.1f} {row.tiles_per_s:8.3f} "
+                f"{speedup:7.2f}x {result.load_mib:8.0f} {row.peak_mib:9.0f} {psnr_text:>8s}"
             )
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict[str, Any]], batches: Sequence[int], path: Path, title: str) -> None:
+def plot(results: Mapping[str, BackendResult], batches: Sequence[int], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,7 +304,7 @@ def plot(results: dict[str, dict[str, Any]], batches: Sequence[int], path: Path,
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, result in results.items():
-        ax.plot(list(batches), [result["batches"][b]["tiles_per_s"] for b in batches], marker="o", label=name)
+        ax.plot(list(batches), [result.batches[b].tiles_per_s for b in batches], marker="o", label=name)
     ax.set_xlabel("batch size (tiles per call)")
     ax.set_ylabel("tiles / s")
     ax.set_xticks(list(batches))
@@ -198,101 +316,74 @@ def plot(results: dict[str, dict[str, Any]], batches: Sequence[int], path: Path,
     plt.close(fig)
 
 
-def run_bench(
-    model_dir: Path,
-    tile: int,
-    variants: Sequence[str],
-    batches: Sequence[int],
-    repeats: int,
-    device: str,
-    threads: int | None,
-    teacher: bool,
-    out_dir: Path,
-    steps: bool = True,
-) -> dict[str, Any]:
-    """Measure, print the table, write JSON + PNG into `out_dir`; returns the JSON document.
+def run_bench(config: BenchConfig) -> BenchReport:
+    """Measure, print the table, write JSON + PNG into `config.out_dir`; returns the report.
 
     The backend table is printed and saved before the (long) teacher comparison starts.
     """
     import torch
 
-    spec_name = json.loads((model_dir / "spec.json").read_text()).get("name", model_dir.name)
-    title = f"{spec_name}, LR tile {tile} -> {4 * tile}px, {device}, threads={threads}"
-    document: dict[str, Any] = {
-        "model": str(model_dir),
-        "tile": tile,
-        "device": device,
-        "threads": threads,
-        "batches": list(batches),
-        "repeats": repeats,
-        "torch_version": torch.__version__,
-    }
+    report = BenchReport(config, read_spec(config.model_dir).name, torch.__version__)
     previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     try:
-        document["backends"] = measure_variants(model_dir, tile, variants, batches, repeats, device, threads)
-        document["load_average"] = os.getloadavg()
-        print(title)
-        print(format_table(document["backends"], batches), flush=True)
-        _save(document, out_dir, f"bench_{spec_name}_{tile}", title)
-        if teacher:
-            document["teacher"] = ratio = teacher_ratio(model_dir, tile, device, repeats)
+        report.backends = measure_variants(config)
+        report.load_average = os.getloadavg()
+        print(report.title)
+        print(format_table(report.backends, config.batches), flush=True)
+        _save(report)
+        if config.teacher:
+            report.teacher = ratio = teacher_ratio(config.model_dir, config.tile, config.device, config.repeats)
             if ratio is not None:
                 print(
-                    f"15-step teacher / one-step time ratio: {ratio['speed_ratio']:.2f}x "
-                    f"(FLOP ratio {ratio['flop_ratio']:.2f}x; one-step {ratio['one_step_gflops']:.0f} GFLOP, "
-                    f"teacher {ratio['teacher_gflops']:.0f} GFLOP)"
+                    f"15-step teacher / one-step time ratio: {ratio.speed_ratio:.2f}x "
+                    f"(FLOP ratio {ratio.flop_ratio:.2f}x; one-step {ratio.one_step_gflops:.0f} GFLOP, "
+                    f"teacher {ratio.teacher_gflops:.0f} GFLOP)"
                 )
-                _save(document, out_dir, f"bench_{spec_name}_{tile}", title)
-        if steps:
-            document["steps"] = run_steps_table(model_dir, tile, device, repeats, out_dir / f"steps_{spec_name}_{tile}")
-            _save(document, out_dir, f"bench_{spec_name}_{tile}", title)
+                _save(report)
+        if config.steps:
+            report.steps = run_steps_table(config, report.model_name)
+            _save(report)
     finally:
         torch.set_num_threads(previous_threads)
-    return document
+    return report
 
 
-def run_steps_table(model_dir: Path, tile: int, device: str, repeats: int, stem: Path) -> list[dict[str, Any]]:
-    """Print the 1 / 4 / 15-step table (model_export.steps_bench) and plot it to `stem`.png."""
-    from dataclasses import asdict
-
+def run_steps_table(config: BenchConfig, model_name: str) -> list[StepsRow]:
+    """Print the 1 / 4 / 15-step table (model_export.steps_bench) and plot it next to the report."""
     from model_export.steps_bench import format_steps_table, plot_steps, steps_table
 
-    rows = steps_table(model_dir, tile, device, repeats)
-    print(format_steps_table(rows, tile), flush=True)
-    plot_steps(rows, stem.with_suffix(".png"), f"steps vs one step, LR tile {tile}, {device}")
-    return [asdict(r) for r in rows]
+    c = config
+    rows = steps_table(c.model_dir, c.tile, c.device, c.repeats)
+    print(format_steps_table(rows, c.tile), flush=True)
+    stem = c.out_dir / f"steps_{model_name}_{c.tile}"
+    plot_steps(rows, stem.with_suffix(".png"), f"steps vs one step, LR tile {c.tile}, {c.device}")
+    return rows
 
 
-def measure_variants(
-    model_dir: Path,
-    tile: int,
-    variants: Sequence[str],
-    batches: Sequence[int],
-    repeats: int,
-    device: str,
-    threads: int | None,
-) -> dict[str, dict[str, Any]]:
+def measure_variants(config: BenchConfig) -> dict[str, BackendResult]:
     """Build every variant (torch fp32 first, the baseline), measure them side by side, release them."""
+    c = config
     runners, load_mib = {}, {}
-    for name in [BASELINE, *[v for v in variants if v != BASELINE]]:
+    for name in [BASELINE, *[v for v in c.variants if v != BASELINE]]:
         before = PeakRss.current()
-        runners[name] = make_variant(name, model_dir, tile, device, threads)
+        runners[name] = make_variant(name, c.model_dir, c.tile, c.device, c.threads)
         load_mib[name] = (PeakRss.current() - before) / 2**20  # weights / session / engine resident
-    lq, seeds = parity_tiles(tile, max(batches), seed=0)
+    lq, seeds = parity_tiles(c.tile, max(c.batches), seed=0)
     try:
-        results = measure_backends(runners, lq, seeds, batches, repeats, device)
+        results = measure_backends(runners, lq, seeds, c.batches, c.repeats, c.device)
     finally:
         for runner in runners.values():
             runner.close()
     for name, mib in load_mib.items():
-        results[name]["load_mib"] = mib
+        results[name].load_mib = mib
     return results
 
 
-def _save(document: dict[str, Any], out_dir: Path, stem: str, title: str) -> None:
+def _save(report: BenchReport) -> None:
+    out_dir = report.config.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{stem}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
-    plot(document["backends"], document["batches"], out_dir / f"{stem}.png", title)
-    print(f"wrote {out_dir / (stem + '.json')} and {stem}.png", flush=True)
+    (out_dir / f"{report.stem}.json").write_text(json.dumps(report.to_json(), indent=2, default=str) + "\n")
+    plot(report.backends, report.config.batches, out_dir / f"{report.stem}.png", report.title)
+    print(f"wrote {out_dir / (report.stem + '.json')} and {report.stem}.png", flush=True)

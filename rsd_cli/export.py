@@ -177,20 +177,20 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    from model_export.bench import BenchConfig
     from model_export.bench import run_bench as bench
 
-    if args.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    bench(
-        args.model,
-        _tile(args),
-        args.backends,
-        args.batches,
-        args.repeats,
-        args.device,
-        args.threads,
-        not args.no_teacher,
-        args.out,
+    config = BenchConfig(
+        model_dir=args.model,
+        tile=_tile(args),
+        variants=tuple(args.backends or ()),
+        batches=tuple(args.batches),
+        repeats=args.repeats,
+        device=args.device,
+        threads=args.threads,
+        teacher=not args.no_teacher,
         steps=not args.no_steps,
+        out_dir=args.out,
     )
+    bench(config)
     return 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_export.bench import PeakRss, format_table, measure_backends
+from model_export.bench import BenchConfig, PeakRss, format_table, measure_backends
 from model_export.variants import BASELINE, make_variant
 from rsd_cli import export as export_cli
 from tests.model_export.conftest import TILE
@@ -35,12 +35,12 @@ def test_measure_backends_reports_throughput_speedup_and_psnr() -> None:
     runners = {BASELINE: SleepyRunner(BASELINE, 0.02, 0.0), "fast": SleepyRunner("fast", 0.005, 0.02)}
     lq = np.zeros((2, 3, 1, 1), np.float32)
     results = measure_backends(runners, lq, [0, 1], [1, 2], repeats=2, device="cpu")  # type: ignore[arg-type]
-    base, fast = results[BASELINE]["batches"], results["fast"]["batches"]
-    assert base[2]["tiles_per_s"] == pytest.approx(2 / base[2]["seconds"])
-    assert 2.0 < fast[2]["tiles_per_s"] / base[2]["tiles_per_s"] < 5.0
-    assert len(fast[1]["runs"]) == 2
-    assert results[BASELINE]["psnr_db"] is None  # the baseline against itself
-    assert results["fast"]["psnr_db"] == pytest.approx(10 * np.log10(4 / 0.02**2), rel=1e-4)
+    base, fast = results[BASELINE].batches, results["fast"].batches
+    assert base[2].tiles_per_s == pytest.approx(2 / base[2].seconds)
+    assert 2.0 < fast[2].tiles_per_s / base[2].tiles_per_s < 5.0
+    assert len(fast[1].runs) == 2
+    assert results[BASELINE].psnr_db is None  # the baseline against itself
+    assert results["fast"].psnr_db == pytest.approx(10 * np.log10(4 / 0.02**2), rel=1e-4)
     table = format_table(results, [1, 2])
     assert "fast" in table and "exact" in table and len(table.splitlines()) == 5
 
@@ -90,6 +90,15 @@ def test_bench_end_to_end_on_the_tiny_artifact(tiny_dir: Path, tmp_path: Path, c
     # 15 teacher UNet calls vs 1 student call, same encoder/decoder: more FLOPs, but under 15x
     assert 1.5 < document["teacher"]["flop_ratio"] < 15
     assert (tmp_path / f"bench_tiny-random_{TILE}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("repeats", 0, "repeats must be a positive int"), ("batches", (1, 0), "batches must be positive ints")],
+)
+def test_bench_config_refuses_bad_values(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        BenchConfig(Path("m"), 64, **{field: value})  # type: ignore[arg-type]
 
 
 def test_bench_batches_must_be_positive() -> None:
