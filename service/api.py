@@ -359,8 +359,11 @@ def _add_routes(app: FastAPI, state: _AppState) -> None:
     @app.get("/metrics", response_class=Response)
     async def prometheus_metrics() -> Response:
         """Prometheus text exposition (aggregated over processes in multiprocess mode)."""
-        with contextlib.suppress(QueueUnavailable):
+        try:
             metrics.BACKLOG.set(await queue.backlog())  # the gauge is current at every scrape
+            metrics.QUEUE_UP.set(1)
+        except QueueUnavailable:
+            metrics.QUEUE_UP.set(0)  # what RsdRedisUnreachable alerts on (deploy/prometheus/rules/)
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 

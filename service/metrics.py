@@ -30,11 +30,12 @@ from prometheus_client import (
     start_http_server,
 )
 
-# Four buckets per doubling from 5 ms (a GPU batch) to 655 s (a large image on CPU): histogram_quantile
-# interpolates inside one bucket, so adjacent bounds 19% apart keep its p50/p90/p99 within about 15% of the
-# true quantile (tests/deploy/test_prometheus.py measures it). 69 bounds + +Inf + _sum + _count = 72 series
-# per label set.
-LATENCY_BUCKETS = tuple(round(0.005 * 2 ** (i / 4), 6) for i in range(69))
+# Four buckets per doubling, anchored at 1 s, from 4.6 ms (a GPU batch) to 609 s (a large image on CPU):
+# histogram_quantile interpolates inside one bucket, so adjacent bounds 19% apart keep its p50/p90/p99 within
+# about 15% of the true quantile (tests/deploy/test_prometheus.py measures it), and the powers of two
+# (..., 0.5, 1, 2, 4, 8, 16 s) are bounds an SLO can name (deploy/prometheus/rules/). 69 bounds + +Inf +
+# _sum + _count = 72 series per label set.
+LATENCY_BUCKETS = tuple(float(f"{2 ** (k / 4):.4g}") for k in range(-31, 38))
 OWNER_FILE = "rsd-metrics-exporter"
 
 REQUEST_DURATION = Histogram(
@@ -56,6 +57,9 @@ REDELIVERIES = Counter("rsd_job_redeliveries", "Jobs reclaimed from a worker who
 DEAD_JOBS = Counter("rsd_dead_jobs", "Jobs sent to the dead stream after max attempts")
 BACKLOG = Gauge("rsd_backlog_tiles", "Outstanding tiles (admitted, not finished)", multiprocess_mode="mostrecent")
 INFLIGHT = Gauge("rsd_inflight_requests", "Image requests (/upscale, /jobs) being handled", multiprocess_mode="livesum")
+QUEUE_UP = Gauge(
+    "rsd_queue_up", "1 if the API reached its queue (Redis) at the last scrape, else 0", multiprocess_mode="mostrecent"
+)
 INPUT_MEGAPIXELS = Histogram(
     "rsd_input_megapixels",
     "Decoded input size in megapixels",

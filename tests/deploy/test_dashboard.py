@@ -3,7 +3,8 @@
 A running app (embedded mode, fake model) serves one upscale and one refused request, so that every
 histogram and labelled counter has samples; its /metrics is parsed with prometheus_client's parser, and
 every `rsd_*` name in the dashboard's PromQL must be one of the exposed sample names (`_bucket`, `_count`,
-`_sum`, `_total` included), with the label values it selects on actually present.
+`_sum`, `_total` included), with the label values it selects on actually present. A `level:metric:op`
+name is a recording rule of deploy/prometheus/rules/recording.yml.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.timeout(60)
 DASHBOARD: dict[str, Any] = json.loads((DEPLOY / "grafana" / "dashboards" / "rsd.json").read_text())
 PANELS = DASHBOARD["panels"]
 EXPRESSIONS = [(panel["title"], target["expr"]) for panel in PANELS for target in panel["targets"]]
-METRIC = re.compile(r"\brsd_[a-z0-9_]+")
+METRIC = re.compile(r"(?<![\w:])rsd_[a-z0-9_]+(?![\w:])")
+RECORDED = re.compile(r"\b[a-z_]*:?rsd_[a-z0-9_]+:[a-z0-9_]+")
 SELECTOR = re.compile(r"\b(rsd_[a-z0-9_]+|up)\{([^}]*)\}")
 MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 
@@ -62,9 +64,17 @@ def test_dashboard_metric_names_and_label_values_exist_in_a_running_servers_metr
                 )
 
 
+def test_dashboard_recorded_names_are_recording_rules() -> None:
+    groups = load_yaml(DEPLOY / "prometheus" / "rules" / "recording.yml")["groups"]
+    recorded = {rule["record"] for group in groups for rule in group["rules"]}
+    used = {name for _, expr in EXPRESSIONS for name in RECORDED.findall(expr)}
+    assert used and used <= recorded, used - recorded
+
+
 def test_dashboard_queries_are_well_formed_for_their_metric_types() -> None:
     for title, expr in EXPRESSIONS:
-        assert METRIC.search(expr) or re.search(r"\bup\{", expr), f"{title}: queries no service metric: {expr}"
+        queried = METRIC.search(expr) or RECORDED.search(expr) or re.search(r"\bup\{", expr)
+        assert queried, f"{title}: queries no service metric: {expr}"
         assert expr.count("(") == expr.count(")"), f"{title}: unbalanced parentheses: {expr}"
         if "_bucket" in expr:
             assert "histogram_quantile(" in expr and "le" in expr, f"{title}: buckets outside a quantile: {expr}"
