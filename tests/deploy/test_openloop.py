@@ -190,3 +190,26 @@ def test_quick_run_against_the_embedded_app_writes_the_report(tmp_path: Path) ->
     assert results["peak_rps"] == max(p["summary"]["throughput_rps"] for p in results["sweep"])
     # the open phases offered the planned fraction of the peak
     assert results["open"][0]["offered_rps"] == pytest.approx(0.5 * results["peak_rps"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "sizes"),
+    [([], {(32, 32), (64, 64)}), (["--quick"], {(16, 16)}), (["--quick", "--images", "24x16"], {(24, 16)})],
+)
+def test_quick_picks_small_images_unless_images_are_given(argv: list[str], sizes: set[tuple[int, int]]) -> None:
+    options = openloop.options_from_args(openloop.build_parser().parse_args(argv))
+    assert {(s.width, s.height) for s in options.samples} == sizes
+    assert (options.sweep, options.loads) == (
+        ([1, 2], [0.5, 1.1]) if "--quick" in argv else ([1, 2, 4, 8, 16], [0.5, 0.8, 0.95, 1.1])
+    )
+
+
+def test_a_closed_loop_plan_cannot_drive_an_open_loop() -> None:
+    async def run() -> None:
+        async with openloop.make_client("http://test", 1.0) as client:
+            await openloop.open_loop(
+                client, [openloop.Sample("a", _png(4, 4), 4, 4)], [openloop.Planned(0, None, 0, 1)]
+            )
+
+    with pytest.raises(ValueError, match="planned request 0 has no send time"):
+        asyncio.run(run())
