@@ -13,14 +13,16 @@ from pathlib import Path
 
 import torch
 
-from rsd.artifact import save_artifact
+from rsd.artifact import joined_weights, save_artifact
 from rsd.config import ScheduleConfig, UNetConfig, VQConfig
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
 from rsd.spec import ModelSpec
 
 
-def _randomised(module: torch.nn.Module, generator: torch.Generator, std: float) -> dict[str, torch.Tensor]:
+def randomised_state(module: torch.nn.Module, generator: torch.Generator, std: float) -> dict[str, torch.Tensor]:
+    """The module's initial weights plus N(0, std) noise, so no branch is dead; the tests' random
+    artifacts are built with it too."""
     state = module.state_dict()
     for key, value in state.items():
         if value.is_floating_point() and "attn_mask" not in key:  # masks are fixed buffers (method.md 2.5)
@@ -35,12 +37,11 @@ def write_random_artifact(out: str | Path, seed: int = 0, teacher: bool = True) 
     student_cfg = UNetConfig(noise_channels=1)
     teacher_cfg = student_cfg.with_noise_channels(0) if teacher else None
     vq_cfg = VQConfig()
-    weights = {f"student.{k}": v for k, v in _randomised(UNetModelSwin(student_cfg), generator, 0.01).items()}
-    autoencoder = _randomised(VQModelTorch(vq_cfg), generator, 0.0)
+    student = randomised_state(UNetModelSwin(student_cfg), generator, 0.01)
+    autoencoder = randomised_state(VQModelTorch(vq_cfg), generator, 0.0)
     autoencoder["quantize.embedding.weight"] = torch.randn(vq_cfg.n_embed, vq_cfg.embed_dim, generator=generator)
-    weights |= {f"autoencoder.{k}": v for k, v in autoencoder.items()}
-    if teacher_cfg is not None:
-        weights |= {f"teacher.{k}": v for k, v in _randomised(UNetModelSwin(teacher_cfg), generator, 0.01).items()}
+    teacher_state = None if teacher_cfg is None else randomised_state(UNetModelSwin(teacher_cfg), generator, 0.01)
+    weights = joined_weights(student, autoencoder, teacher_state)
     spec = ModelSpec(
         name="official-random",
         student=student_cfg,

@@ -31,6 +31,20 @@ def split_weights(weights: dict[str, torch.Tensor]) -> dict[str, dict[str, torch
     return parts
 
 
+def joined_weights(
+    student: dict[str, torch.Tensor],
+    autoencoder: dict[str, torch.Tensor],
+    teacher: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The flat layout `save_artifact` takes (the inverse of `split_weights`): each net's state under its
+    prefix. A teacher that shares tensors with the student is cloned, so the file holds two copies."""
+    weights = {f"student.{k}": v for k, v in student.items()}
+    weights |= {f"autoencoder.{k}": v for k, v in autoencoder.items()}
+    if teacher is not None:
+        weights |= {f"teacher.{k}": v.clone() if v is student.get(k) else v for k, v in teacher.items()}
+    return weights
+
+
 def save_artifact(model_dir: str | Path, spec: ModelSpec, weights: dict[str, torch.Tensor]) -> Path:
     """Write `spec.json` and `weights.safetensors` into `model_dir` (created if needed).
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rsd.artifact import save_artifact
+from rsd.artifact import joined_weights, save_artifact
 from rsd.config import UNetConfig, VQConfig
 from rsd.family import FAMILIES, Family, families_with_noise_channels, family_of_file, get_family
 from rsd.nets.unet import UNetModelSwin
@@ -157,12 +157,8 @@ def convert_family(
         raise ArtifactError(f"--teacher belongs to the rsd family; {row.name} artifacts carry one net")
     net_cfg, net_state = convert_net(weights, row, unet_config)
     vq_cfg, vq_state = convert_autoencoder(autoencoder, vq_config)
-    state = {f"student.{k}": v for k, v in net_state.items()}
-    state |= {f"autoencoder.{k}": v for k, v in vq_state.items()}
-    teacher_cfg = None
-    if teacher is not None:
-        teacher_cfg, teacher_state = convert_teacher(teacher, unet_config)
-        state |= {f"teacher.{k}": v for k, v in teacher_state.items()}
+    teacher_cfg, teacher_state = convert_teacher(teacher, unet_config) if teacher is not None else (None, None)
+    state = joined_weights(net_state, vq_state, teacher_state)
     spec = ModelSpec(
         name="rsd-official-x4" if row.name == "rsd" else f"{row.name}-official-x4",
         family=row.name,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from rsd.artifact import save_artifact
+from model_export.random_artifact import randomised_state
+from rsd.artifact import joined_weights, save_artifact
 from rsd.config import DDConfig, ScheduleConfig, UNetConfig, VQConfig
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
@@ -32,15 +33,6 @@ TINY_VQ = VQConfig(
 )
 
 
-def _perturbed(module: torch.nn.Module, generator: torch.Generator, std: float) -> dict[str, torch.Tensor]:
-    """Random weights with every branch active (zero-initialised convs included)."""
-    state = module.state_dict()
-    for key, value in state.items():
-        if value.is_floating_point() and "attn_mask" not in key:
-            value.add_(torch.randn(value.shape, generator=generator) * std)
-    return state
-
-
 #: the bundled model's layout (configs/tiny_*.toml) at test size: 8 continuous latent channels, no VQ
 #: middle-block attention, 4 channels per GroupNorm group, and the LR-consistency step
 CONTINUOUS_VQ = VQConfig(
@@ -59,15 +51,11 @@ def tiny_weights(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     unet_cfg, vq_cfg = (CONTINUOUS_UNET, CONTINUOUS_VQ) if continuous else (TINY_UNET, TINY_VQ)
-    student = UNetModelSwin(unet_cfg)
-    autoencoder = VQModelTorch(vq_cfg)
-    weights = {f"student.{k}": v for k, v in _perturbed(student, gen, 0.05).items()}
-    weights |= {f"autoencoder.{k}": v for k, v in _perturbed(autoencoder, gen, 0.02).items()}
-    teacher_cfg = None
-    if teacher:
-        teacher_cfg = unet_cfg.with_noise_channels(0)
-        teacher_net = UNetModelSwin(teacher_cfg)
-        weights |= {f"teacher.{k}": v for k, v in _perturbed(teacher_net, gen, 0.05).items()}
+    student = randomised_state(UNetModelSwin(unet_cfg), gen, 0.05)
+    autoencoder = randomised_state(VQModelTorch(vq_cfg), gen, 0.02)
+    teacher_cfg = unet_cfg.with_noise_channels(0) if teacher else None
+    teacher_state = None if teacher_cfg is None else randomised_state(UNetModelSwin(teacher_cfg), gen, 0.05)
+    weights = joined_weights(student, autoencoder, teacher_state)
     spec = ModelSpec(
         name="tiny-random",
         student=unet_cfg,

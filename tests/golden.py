@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsd.artifact import save_artifact
+from rsd.artifact import joined_weights, save_artifact
 from rsd.config import ScheduleConfig, UNetConfig, VQConfig
 from rsd.spec import ModelSpec
 
@@ -34,11 +34,8 @@ def golden_artifact(ref_dir: Path, out: Path, with_teacher: bool = False) -> Pat
     teacher_cfg, student_cfg, vq_cfg = golden_configs(ref_dir)
     student_state, _ = load_npz(ref_dir / "unet_swin_small_student.npz")
     vq_state, _ = load_npz(ref_dir / "vq_f4_small.npz")
-    weights = {f"student.{k}": v for k, v in student_state.items()}
-    weights |= {f"autoencoder.{k}": v for k, v in vq_state.items()}
-    if with_teacher:
-        teacher_state, _ = load_npz(ref_dir / "unet_swin_small.npz")
-        weights |= {f"teacher.{k}": v for k, v in teacher_state.items()}
+    teacher_state = load_npz(ref_dir / "unet_swin_small.npz")[0] if with_teacher else None
+    weights = joined_weights(student_state, vq_state, teacher_state)
     spec = ModelSpec(
         name="golden-small",
         student=student_cfg,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rsd.artifact import save_artifact
+from rsd.artifact import joined_weights, save_artifact
 from rsd.config import ScheduleConfig, UNetConfig
 from rsd.nets.unet import UNetModelSwin, widen_first_conv
 from rsd.onestep import OneStepSR, lr_consistent
@@ -298,10 +298,8 @@ class DistillStage:
         return metrics, {"hr_sr": pair_grid(val.hr, sr)}
 
     def export(self, run_dir: Path) -> Path:
-        weights = {f"student.{k}": v for k, v in self.ema.state_for(self.student).items()}
-        weights |= {f"autoencoder.{k}": v for k, v in self.vq.state_dict().items()}
-        if self.spec.teacher is not None:
-            weights |= {f"teacher.{k}": v for k, v in self.teacher.state_dict().items()}
+        teacher = self.teacher.state_dict() if self.spec.teacher is not None else None
+        weights = joined_weights(self.ema.state_for(self.student), self.vq.state_dict(), teacher)
         return save_artifact(run_dir / "artifact", self.spec, weights)
 
     def state_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rsd.artifact import save_artifact
+from rsd.artifact import joined_weights, save_artifact
 from rsd.config import UNetConfig, VQConfig
 from rsd.nets.unet import UNetModelSwin
 from rsd.sampler import TeacherSampler
@@ -164,9 +164,7 @@ class TeacherStage:
 
     def export(self, run_dir: Path) -> Path:
         ema = self.ema.state_for(self.net)
-        weights = {f"student.{k}": v for k, v in ema.items()}
-        weights |= {f"teacher.{k}": v.clone() for k, v in ema.items()}
-        weights |= {f"autoencoder.{k}": v for k, v in self.vq.state_dict().items()}
+        weights = joined_weights(ema, self.vq.state_dict(), teacher=ema)
         return save_artifact(run_dir / "artifact", self.spec, weights)
 
     # -- checkpoint state ------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from rsd.artifact import save_artifact
+from model_export.random_artifact import randomised_state
+from rsd.artifact import joined_weights, save_artifact
 from rsd.config import ScheduleConfig, UNetConfig
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
@@ -34,24 +35,13 @@ TEACHER = UNetConfig(
 VQ = TINY_VQ  # the same tiny autoencoder the core tests use
 
 
-def perturbed_state(module: torch.nn.Module, gen: torch.Generator, std: float) -> dict[str, torch.Tensor]:
-    """Random weights with every branch active (the reference zero-initialises some convs)."""
-    state = module.state_dict()
-    for key, value in state.items():
-        if value.is_floating_point() and "attn_mask" not in key:
-            value.add_(torch.randn(value.shape, generator=gen) * std)
-    return state
-
-
 def make_teacher_artifact(directory: Path, seed: int = 0, unet: UNetConfig = TEACHER) -> Path:
     """A teacher-only artifact (student = teacher with noise_channels 0, plus teacher.*) with random weights."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    teacher = perturbed_state(UNetModelSwin(unet), gen, 0.05)
-    vq = perturbed_state(VQModelTorch(VQ), gen, 0.02)
-    weights = {f"student.{k}": v for k, v in teacher.items()}
-    weights |= {f"teacher.{k}": v.clone() for k, v in teacher.items()}
-    weights |= {f"autoencoder.{k}": v for k, v in vq.items()}
+    teacher = randomised_state(UNetModelSwin(unet), gen, 0.05)
+    vq = randomised_state(VQModelTorch(VQ), gen, 0.02)
+    weights = joined_weights(teacher, vq, teacher=teacher)
     spec = ModelSpec(
         name="tiny-teacher",
         student=unet,
