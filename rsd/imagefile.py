@@ -128,6 +128,44 @@ def read_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
     then dropped: the result is sRGB); YCbCr/LAB/HSV/RGBX -> RGB.
     """
     limits = limits or ImageLimits()
+    # Escalate Pillow's bomb warning to an error for the open/decode below. catch_warnings swaps the
+    # process-wide filter list; concurrent use can at worst leave this one escalation installed.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = _open_checked(data, limits)
+        try:
+            return _decode(image, data)
+        finally:
+            image.close()
+
+
+#: EXIF orientations that turn the image by 90 degrees (the decoded image has width and height swapped)
+_TRANSPOSED_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+
+def read_header(data: bytes, limits: ImageLimits | None = None) -> tuple[int, int]:
+    """(height, width) of the image as `read_image` would return it, from the header alone.
+
+    Every check `read_image` makes before decoding (bytes, pixel caps, format, frames) is made here, so
+    a caller that must answer at once (an HTTP API) rejects the same uploads without decoding pixels;
+    only corrupt pixel data is left for the full decode to find.
+    """
+    limits = limits or ImageLimits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = _open_checked(data, limits)
+        try:
+            width, height = image.size
+            with contextlib.suppress(Exception):  # unreadable EXIF: read_image ignores it too
+                if image.getexif().get(0x0112) in _TRANSPOSED_ORIENTATIONS:
+                    width, height = height, width
+            return height, width
+        finally:
+            image.close()
+
+
+def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Byte cap, header parse and the header checks: the open image, not decoded yet."""
     if not data:
         raise ImageError("empty", "the image is empty (0 bytes)")
     if len(data) > limits.max_bytes:
@@ -135,16 +173,13 @@ def read_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
     if ImageFile.LOAD_TRUNCATED_IMAGES:
         # Someone in this process switched Pillow to accept truncated files: a programming error.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; rsd.imagefile requires False")
-    # Escalate Pillow's bomb warning to an error for the open/decode below. catch_warnings swaps the
-    # process-wide filter list; concurrent use can at worst leave this one escalation installed.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open(data)
-        try:
-            _check_header(image, limits)
-            return _decode(image, data)
-        finally:
-            image.close()
+    image = _open(data)
+    try:
+        _check_header(image, limits)
+    except BaseException:
+        image.close()
+        raise
+    return image
 
 
 def read_image_file(path: str | os.PathLike[str], limits: ImageLimits | None = None) -> DecodedImage:

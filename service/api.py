@@ -5,6 +5,11 @@ with rsd.imagefile, prices them in tiles with rsd.imageops, and hands them to a 
 `REDIS_URL` set it talks to Redis Streams; the embedded mode (`rsd serve` without Redis) is composed in
 `service.main`, which passes an in-process queue and a worker thread in.
 
+Routes live on the module-level `router`; `create_app` includes it and puts the per-app state
+(settings, model spec, queue) on `app.state`, where the dependencies find it. The request parameters
+are one validated type (schemas.UpscaleParams through `Depends()`), passed down unchanged; every error
+code maps to its status through one table (schemas.ERROR_STATUS).
+
 Deadlines (service.intake): `X-Deadline-Ms` header or `deadline_ms` parameter (milliseconds from
 arrival), default `RSD_DEFAULT_DEADLINE_S`, at most `RSD_MAX_DEADLINE_S`. A job still queued at its
 deadline is never computed; the client gets 504.
@@ -15,23 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from rsd.imagefile import ImageLimits
 from rsd.spec import ModelSpec, read_spec
 from service import metrics
-from service.codec import image_limits
-from service.intake import IDEMPOTENCY_KEY, deadline_s, make_job
+from service.intake import deadline_s, make_job
 from service.jobs import Job, JobResult, JobStatus
 from service.middleware import ObservabilityMiddleware
 from service.queue.base import (
@@ -40,8 +46,11 @@ from service.queue.base import (
     IdempotencyConflict,
     JobFailed,
     JobNotFound,
+    QueueError,
     QueueFull,
     QueueUnavailable,
+    ResultGone,
+    StoreFull,
 )
 from service.schemas import (
     ERROR_RESPONSES,
@@ -51,16 +60,17 @@ from service.schemas import (
     HealthInfo,
     JobInfo,
     Liveness,
+    UpscaleParams,
     first_error,
 )
 from service.settings import ServiceSettings
+from service.uploads import image_limits
 
 log = logging.getLogger(__name__)
 #: the page's static files, next to this module (a plain path works in editable and wheel installs alike)
 WEB_DIR = Path(__file__).resolve().parent / "web"
-
-#: worker failure codes that are the input's fault map to the statuses of the image errors
-FAILURE_STATUS = {"empty": 400, "undecodable": 400, "too_large": 413, "unsupported": 415, "cancelled": 409}
+#: how often the SSE stream of a job looks at its record (progress is published a few times a second)
+EVENTS_POLL_S = 0.25
 
 
 class BackgroundWorker(Protocol):
@@ -69,6 +79,16 @@ class BackgroundWorker(Protocol):
     def start(self) -> None: ...
 
     def stop(self, timeout_s: float) -> None: ...
+
+
+class AppState:
+    """What the routes need, built once per app (`app.state.rsd`)."""
+
+    def __init__(self, settings: ServiceSettings, spec: ModelSpec, queue: ApiQueue) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.queue = queue
+        self.limits: ImageLimits = image_limits(settings, spec.scale)
 
 
 def create_app(
@@ -81,12 +101,11 @@ def create_app(
         from service.queue.redis import RedisApiQueue
 
         queue = RedisApiQueue(settings)
-    spec = read_spec(settings.model_dir)
-    state = _AppState(settings, spec, queue)
+    api_queue = queue
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await queue.start()
+        await api_queue.start()
         if worker is not None:
             worker.start()
         try:
@@ -94,40 +113,16 @@ def create_app(
         finally:
             if worker is not None:
                 await run_in_threadpool(worker.stop, 30.0)
-            await queue.aclose()
+            await api_queue.aclose()
             metrics.mark_process_dead()
 
     app = FastAPI(title="rsd-serve", version="0.1.0", lifespan=lifespan)
+    app.state.rsd = AppState(settings, read_spec(settings.model_dir), api_queue)
     app.add_middleware(ObservabilityMiddleware)
     _add_error_handlers(app)
-    _add_routes(app, state)
-    _document_tiles(app, spec.tiles)
-    web = WEB_DIR
-    app.mount("/web", StaticFiles(directory=str(web)), name="web")
+    app.include_router(router)
+    app.mount("/web", StaticFiles(directory=str(WEB_DIR)), name="web")
     return app
-
-
-def _document_tiles(app: FastAPI, tiles: list[int]) -> None:
-    """Publish the model's tile sizes as the `tile` parameter's enum in the OpenAPI schema."""
-    default_openapi = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        schema = default_openapi()
-        for path in ("/upscale", "/jobs"):
-            for parameter in schema["paths"][path]["post"].get("parameters", []):
-                if parameter["name"] == "tile":
-                    parameter["schema"] = {"type": "integer", "enum": list(tiles)}
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-class _AppState:
-    def __init__(self, settings: ServiceSettings, spec: ModelSpec, queue: ApiQueue) -> None:
-        self.settings = settings
-        self.spec = spec
-        self.queue = queue
-        self.limits = image_limits(settings, spec.scale)
 
 
 # ---------------------------------------------------------------------- errors
@@ -142,6 +137,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         metrics.REJECTED.labels(reason=exc.code).inc()
         return _error_response(exc.status, exc.code, exc.message, exc.headers)
 
+    @app.exception_handler(QueueError)
+    async def queue_error(request: Request, exc: QueueError) -> JSONResponse:
+        return await api_error(request, _queue_error(exc))
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.REJECTED.labels(reason="invalid_parameters").inc()
@@ -152,42 +151,58 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error_response(exc.status_code, "http_error", str(exc.detail), dict(exc.headers or {}))
 
 
-def _queue_error(exc: Exception) -> ApiError:
-    """One mapping from transport outcomes to answers (serving.md "Failure")."""
+def _queue_error(exc: QueueError) -> ApiError:
+    """Transport outcomes as answers (serving.md "Failure"); statuses come from ERROR_STATUS."""
     match exc:
         case QueueFull():
-            return ApiError(429, "queue_full", str(exc), {"Retry-After": str(exc.retry_after_s)})
+            return ApiError("queue_full", str(exc), {"Retry-After": str(exc.retry_after_s)})
         case QueueUnavailable():
-            return ApiError(503, "queue_unavailable", str(exc), {"Retry-After": "1"})
+            return ApiError("queue_unavailable", str(exc), {"Retry-After": "1"})
+        case StoreFull():
+            return ApiError("store_full", str(exc), {"Retry-After": "5"})
         case DeadlineExceeded():
-            return ApiError(504, "deadline_exceeded", "the deadline passed before the image was computed")
+            return ApiError("deadline_exceeded", "the deadline passed before the image was computed")
         case IdempotencyConflict():
-            return ApiError(409, "idempotency_conflict", str(exc))
+            return ApiError("idempotency_conflict", str(exc))
         case JobNotFound():
-            return ApiError(404, "not_found", f"no job {exc}")
+            return ApiError("not_found", f"no job {exc}")
+        case ResultGone():
+            return ApiError("result_evicted", str(exc))
         case JobFailed():
             record = exc.record
-            status = FAILURE_STATUS.get(record.error_code or "", 500)
-            return ApiError(status, record.error_code or "job_failed", record.error_message or "the job failed")
-    raise exc
+            return ApiError(record.error_code or "job_failed", record.error_message or "the job failed")
+    return ApiError("queue_error", str(exc))
+
+
+# ---------------------------------------------------------------------- dependencies
+def app_state(request: Request) -> AppState:
+    state: AppState = request.app.state.rsd
+    return state
+
+
+State = Annotated[AppState, Depends(app_state)]
+Params = Annotated[UpscaleParams, Depends()]
+
+
+async def require_key(
+    state: State,
+    authorization: Annotated[str | None, Header()] = None,
+    x_api_key: Annotated[str | None, Header()] = None,
+) -> None:
+    expected = state.settings.api_key
+    if expected is None:
+        return
+    given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
+    if not given or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
+        raise ApiError("unauthorized", "missing or wrong API key", {"WWW-Authenticate": "Bearer"})
+
+
+router = APIRouter()
+#: the API key dependency of every route but the probes, /metrics and the page
+KEYED = [Depends(require_key)]
 
 
 # ---------------------------------------------------------------------- request handling
-def _require_key(state: _AppState) -> Any:
-    async def check(
-        authorization: Annotated[str | None, Header()] = None,
-        x_api_key: Annotated[str | None, Header()] = None,
-    ) -> None:
-        expected = state.settings.api_key
-        if expected is None:
-            return
-        given = x_api_key or (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), expected.get_secret_value().encode()):
-            raise ApiError(401, "unauthorized", "missing or wrong API key", {"WWW-Authenticate": "Bearer"})
-
-    return check
-
-
 async def _disconnected(request: Request) -> None:
     """Returns when the client closes the connection (the body has been read: only that can come)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -208,7 +223,7 @@ async def _wait_or_disconnect(queue: ApiQueue, request: Request, job_id: str, de
     if waiting.cancelled():
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
-        raise ApiError(499, "client_closed", "the client closed the connection; the job was cancelled")
+        raise ApiError("client_closed", "the client closed the connection; the job was cancelled")
     return waiting.result()
 
 
@@ -221,153 +236,162 @@ def _image_response(result: JobResult, seed: int, job_id: str) -> Response:
     return Response(result.data, media_type=result.content_type, headers=headers)
 
 
-def _add_routes(app: FastAPI, state: _AppState) -> None:
-    queue = state.queue
-    auth = [Depends(_require_key(state))]
+async def _submit(state: AppState, request: Request, params: UpscaleParams) -> tuple[Job, str, bool]:
+    await state.queue.precheck(time.time() + deadline_s(state.settings, params))
+    job = await make_job(state.settings, state.spec, state.limits, request, params)
+    submitted = await state.queue.submit(job)
+    metrics.BACKLOG.set(submitted.backlog)
+    return job, submitted.job_id, submitted.duplicate
 
-    async def submit(
-        request: Request, query: dict[str, Any], deadline_header: int | None, idem: str | None
-    ) -> tuple[Job, str, bool]:
-        try:
-            await queue.precheck(time.time() + deadline_s(state.settings, query, deadline_header))
-        except (QueueFull, QueueUnavailable) as exc:
-            raise _queue_error(exc) from exc
-        job = await make_job(state.settings, state.spec, state.limits, request, query, deadline_header, idem)
-        try:
-            submitted = await queue.submit(job)
-        except (QueueFull, QueueUnavailable, IdempotencyConflict) as exc:
-            raise _queue_error(exc) from exc
-        metrics.BACKLOG.set(submitted.backlog)
-        return job, submitted.job_id, submitted.duplicate
 
-    @app.post(
-        "/upscale",
-        responses={**IMAGE_RESPONSE, **ERROR_RESPONSES},
-        response_class=Response,
-        openapi_extra=UPLOAD_REQUEST,
-        dependencies=auth,
+async def _job_info(queue: ApiQueue, job_id: str) -> JobInfo:
+    record = await queue.get(job_id)
+    if record is None:
+        raise ApiError("not_found", f"no job {job_id!r} (unknown or expired)")
+    return JobInfo.from_record(record)
+
+
+@router.post(
+    "/upscale",
+    responses={**IMAGE_RESPONSE, **ERROR_RESPONSES},
+    response_class=Response,
+    openapi_extra=UPLOAD_REQUEST,
+    dependencies=KEYED,
+)
+async def upscale(request: Request, state: State, params: Params) -> Response:
+    """Upscale one image x4 and return it (multipart field `image`, or a raw image body).
+
+    The result is released once sent, unless the request carried an Idempotency-Key (then it is kept
+    like a /jobs result, for a retry with the same key)."""
+    job, job_id, duplicate = await _submit(state, request, params)
+    result = await _wait_or_disconnect(state.queue, request, job_id, job.deadline)
+    record = await state.queue.get(job_id) if duplicate else None
+    if params.idempotency_key is None:
+        await state.queue.release(job_id)
+    return _image_response(result, record.seed if record else job.params.seed, job_id)
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    response_model=JobInfo,
+    responses=ERROR_RESPONSES,
+    openapi_extra=UPLOAD_REQUEST,
+    dependencies=KEYED,
+)
+async def create_job(request: Request, state: State, params: Params) -> JSONResponse:
+    """Queue one image; poll `Location` (GET /jobs/{id}) or stream GET /jobs/{id}/events, then fetch
+    /jobs/{id}/result (kept RSD_RESULT_TTL_S, or less when the result store is full: then 410)."""
+    _, job_id, _ = await _submit(state, request, params)
+    info = await _job_info(state.queue, job_id)
+    return JSONResponse(info.model_dump(), status_code=202, headers={"Location": f"/jobs/{job_id}"})
+
+
+@router.get("/jobs/{job_id}", response_model=JobInfo, responses=ERROR_RESPONSES, dependencies=KEYED)
+async def get_job(job_id: str, state: State) -> JobInfo:
+    """Where the job stands, with its progress (tiles_done of tiles_total, eta_s)."""
+    return await _job_info(state.queue, job_id)
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    responses={200: {"content": {"text/event-stream": {}}, "description": "JobInfo events"}, **ERROR_RESPONSES},
+    response_class=StreamingResponse,
+    dependencies=KEYED,
+)
+async def job_events(job_id: str, state: State) -> StreamingResponse:
+    """Server-Sent Events: one `progress` event (a JobInfo) whenever the job changes, until it ends;
+    the last event, `end`, carries the final status."""
+    first = await _job_info(state.queue, job_id)
+    return StreamingResponse(
+        _events(state.queue, first), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
     )
-    async def upscale(
-        request: Request,
-        format: Annotated[str | None, Query(pattern="^(png|jpeg|webp)$")] = None,
-        quality: Annotated[int | None, Query(ge=1, le=100)] = None,
-        seed: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
-        tile: Annotated[int | None, Query(gt=0)] = None,
-        deadline_ms: Annotated[int | None, Query(gt=0)] = None,
-        x_deadline_ms: Annotated[int | None, Header(gt=0)] = None,
-        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY)] = None,
-    ) -> Response:
-        """Upscale one image x4 and return it (multipart field `image`, or a raw image body)."""
-        query = {"format": format, "quality": quality, "seed": seed, "tile": tile, "deadline_ms": deadline_ms}
-        job, job_id, duplicate = await submit(request, query, x_deadline_ms, idempotency_key)
-        try:
-            result = await _wait_or_disconnect(queue, request, job_id, job.deadline)
-            record = await queue.get(job_id) if duplicate else None
-        except (DeadlineExceeded, JobFailed, JobNotFound, QueueUnavailable) as exc:
-            raise _queue_error(exc) from exc
-        return _image_response(result, record.seed if record else job.params.seed, job_id)
 
-    @app.post(
-        "/jobs",
-        status_code=202,
-        response_model=JobInfo,
-        responses=ERROR_RESPONSES,
-        openapi_extra=UPLOAD_REQUEST,
-        dependencies=auth,
+
+async def _events(queue: ApiQueue, info: JobInfo) -> AsyncIterator[str]:
+    last: dict[str, Any] | None = None
+    while True:
+        current = info.model_dump()
+        ended = JobStatus(info.status).terminal
+        if current != last or ended:
+            yield f"event: {'end' if ended else 'progress'}\ndata: {json.dumps(current)}\n\n"
+            last = current
+        if ended:
+            return
+        await asyncio.sleep(EVENTS_POLL_S)
+        try:
+            info = await _job_info(queue, info.id)
+        except (ApiError, QueueUnavailable) as exc:
+            message = exc.message if isinstance(exc, ApiError) else str(exc)
+            yield f"event: error\ndata: {json.dumps({'error': {'code': 'events_lost', 'message': message}})}\n\n"
+            return
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobInfo, responses=ERROR_RESPONSES, dependencies=KEYED)
+async def cancel_job(job_id: str, state: State) -> JobInfo:
+    """Cancel a queued or running job (a running one finishes, its result is discarded)."""
+    await _job_info(state.queue, job_id)
+    await state.queue.cancel(job_id)
+    return await _job_info(state.queue, job_id)
+
+
+_PENDING: dict[int | str, dict[str, Any]] = {
+    202: {"model": JobInfo, "description": "not finished yet; retry after Retry-After"}
+}
+
+
+@router.get("/jobs/{job_id}/result", responses={**IMAGE_RESPONSE, **_PENDING, **ERROR_RESPONSES}, dependencies=KEYED)
+async def job_result(job_id: str, state: State) -> Response:
+    """The image when done; 202 with the job while it is queued or running; 410 once the result was
+    released (delivered, expired or evicted; the error says which); the job's error otherwise."""
+    info = await _job_info(state.queue, job_id)
+    if info.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return JSONResponse(info.model_dump(), status_code=202, headers={"Retry-After": "1"})
+    if info.status == JobStatus.DONE:
+        result = await state.queue.result(job_id)
+        if result is None:
+            raise ResultGone(job_id, "expired")
+        return _image_response(result, info.seed, job_id)
+    if info.status == JobStatus.EXPIRED:
+        raise DeadlineExceeded(job_id)
+    code, message = (info.error.code, info.error.message) if info.error else ("job_failed", info.status)
+    raise ApiError(code, message)
+
+
+@router.get("/healthz", response_model=Liveness)
+async def healthz() -> Liveness:
+    """Liveness: the process answers."""
+    return Liveness()
+
+
+@router.get("/readyz", response_model=HealthInfo, responses={503: {"model": HealthInfo}})
+async def readyz(state: State) -> JSONResponse:
+    """Readiness: a worker has the model loaded and warmed, and the queue is reachable."""
+    health = await state.queue.health()
+    metrics.BACKLOG.set(health.backlog)
+    info = HealthInfo(
+        status="ok" if health.ready else "unavailable",
+        reason=health.reason,
+        backlog_tiles=health.backlog,
+        workers=health.workers,
+        tiles_per_s=round(health.tiles_per_s, 3),
     )
-    async def create_job(
-        request: Request,
-        format: Annotated[str | None, Query(pattern="^(png|jpeg|webp)$")] = None,
-        quality: Annotated[int | None, Query(ge=1, le=100)] = None,
-        seed: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
-        tile: Annotated[int | None, Query(gt=0)] = None,
-        deadline_ms: Annotated[int | None, Query(gt=0)] = None,
-        x_deadline_ms: Annotated[int | None, Header(gt=0)] = None,
-        idempotency_key: Annotated[str | None, Header(min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY)] = None,
-    ) -> JSONResponse:
-        """Queue one image; poll `Location` (GET /jobs/{id}), then fetch /jobs/{id}/result."""
-        query = {"format": format, "quality": quality, "seed": seed, "tile": tile, "deadline_ms": deadline_ms}
-        _, job_id, _ = await submit(request, query, x_deadline_ms, idempotency_key)
-        info = await _job_info(job_id)
-        return JSONResponse(info.model_dump(), status_code=202, headers={"Location": f"/jobs/{job_id}"})
+    return JSONResponse(info.model_dump(), status_code=200 if health.ready else 503)
 
-    async def _job_info(job_id: str) -> JobInfo:
-        try:
-            record = await queue.get(job_id)
-        except QueueUnavailable as exc:
-            raise _queue_error(exc) from exc
-        if record is None:
-            raise ApiError(404, "not_found", f"no job {job_id!r} (unknown or expired)")
-        return JobInfo.from_record(record)
 
-    @app.get("/jobs/{job_id}", response_model=JobInfo, responses=ERROR_RESPONSES, dependencies=auth)
-    async def get_job(job_id: str) -> JobInfo:
-        return await _job_info(job_id)
+@router.get("/metrics", response_class=Response)
+async def prometheus_metrics(state: State) -> Response:
+    """Prometheus text exposition (aggregated over processes in multiprocess mode)."""
+    try:
+        metrics.BACKLOG.set(await state.queue.backlog())  # the gauge is current at every scrape
+        metrics.QUEUE_UP.set(1)
+    except QueueUnavailable:
+        metrics.QUEUE_UP.set(0)  # what RsdRedisUnreachable alerts on (deploy/prometheus/rules/)
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
 
-    @app.post("/jobs/{job_id}/cancel", response_model=JobInfo, responses=ERROR_RESPONSES, dependencies=auth)
-    async def cancel_job(job_id: str) -> JobInfo:
-        """Cancel a queued or running job (a running one finishes, its result is discarded)."""
-        await _job_info(job_id)
-        try:
-            await queue.cancel(job_id)
-        except QueueUnavailable as exc:
-            raise _queue_error(exc) from exc
-        return await _job_info(job_id)
 
-    pending: dict[int | str, dict[str, Any]] = {
-        202: {"model": JobInfo, "description": "not finished yet; retry after Retry-After"}
-    }
-
-    @app.get("/jobs/{job_id}/result", responses={**IMAGE_RESPONSE, **pending, **ERROR_RESPONSES}, dependencies=auth)
-    async def job_result(job_id: str) -> Response:
-        """The image when done; 202 with the job while it is queued or running; the job's error otherwise."""
-        info = await _job_info(job_id)
-        if info.status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            return JSONResponse(info.model_dump(), status_code=202, headers={"Retry-After": "1"})
-        if info.status == JobStatus.DONE:
-            try:
-                result = await queue.result(job_id)
-            except QueueUnavailable as exc:
-                raise _queue_error(exc) from exc
-            if result is not None:
-                return _image_response(result, info.seed, job_id)
-            raise ApiError(404, "not_found", f"the result of job {job_id!r} expired")
-        if info.status == JobStatus.EXPIRED:
-            raise _queue_error(DeadlineExceeded(job_id))
-        code, message = (info.error.code, info.error.message) if info.error else ("job_failed", info.status)
-        raise ApiError(FAILURE_STATUS.get(code, 500), code, message)
-
-    @app.get("/healthz", response_model=Liveness)
-    async def healthz() -> Liveness:
-        """Liveness: the process answers."""
-        return Liveness()
-
-    @app.get("/readyz", response_model=HealthInfo, responses={503: {"model": HealthInfo}})
-    async def readyz() -> JSONResponse:
-        """Readiness: a worker has the model loaded and warmed, and the queue is reachable."""
-        health = await queue.health()
-        metrics.BACKLOG.set(health.backlog)
-        info = HealthInfo(
-            status="ok" if health.ready else "unavailable",
-            reason=health.reason,
-            backlog_tiles=health.backlog,
-            workers=health.workers,
-            tiles_per_s=round(health.tiles_per_s, 3),
-        )
-        return JSONResponse(info.model_dump(), status_code=200 if health.ready else 503)
-
-    @app.get("/metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
-        """Prometheus text exposition (aggregated over processes in multiprocess mode)."""
-        try:
-            metrics.BACKLOG.set(await queue.backlog())  # the gauge is current at every scrape
-            metrics.QUEUE_UP.set(1)
-        except QueueUnavailable:
-            metrics.QUEUE_UP.set(0)  # what RsdRedisUnreachable alerts on (deploy/prometheus/rules/)
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index() -> HTMLResponse:
-        page = (WEB_DIR / "index.html").read_text(encoding="utf-8")
-        return HTMLResponse(page)
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def index() -> HTMLResponse:
+    page = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+    return HTMLResponse(page)

@@ -83,6 +83,8 @@ class Job:
     idempotency_key: str | None = None
     #: hash of the input bytes and explicit parameters: a reused Idempotency-Key must match it
     fingerprint: str = ""
+    #: an upper bound of the encoded result's size (4 bytes per output pixel), for admission by memory
+    result_bytes_bound: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,8 @@ class JobRecord:
     attempts: int = 0
     error_code: str | None = None
     error_message: str | None = None
+    tiles_done: int = 0
+    eta_s: float | None = None
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         result_ttl_s=settings.result_ttl_s,
         idempotency_ttl_s=settings.idempotency_ttl_s,
         heartbeat_timeout_s=max(10.0, 5 * settings.worker_heartbeat_s),
+        result_store_bytes=settings.result_store_bytes,
+        sweep_interval_s=settings.result_sweep_s,
     )
     return create_app(settings, queue, WorkerThread(lambda: load_model(settings), queue, settings))
 

@@ -79,6 +79,14 @@ class ServiceSettings(BaseSettings):
     lease_s: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     result_ttl_s: int = Field(default=900, gt=0)
+    #: result retention (serving.md "Result retention"): the bytes of kept results (/jobs and
+    #: Idempotency-Key requests) are capped at this many MiB, oldest evicted first
+    result_store_mb: float = Field(default=256.0, gt=0)
+    #: how often expired results are swept (a timer: memory is returned without further traffic)
+    result_sweep_s: float = Field(default=5.0, gt=0)
+    #: Redis mode: admission answers 503 once used_memory plus the job's bytes would pass this
+    #: fraction of Redis maxmemory (when maxmemory is set)
+    redis_memory_high_water: float = Field(default=0.9, gt=0, le=1)
     idempotency_ttl_s: int = Field(default=86_400, gt=0)
     worker_heartbeat_s: float = Field(default=1.0, gt=0)
     redis_timeout_s: float = Field(default=2.0, gt=0)
@@ -108,3 +116,7 @@ class ServiceSettings(BaseSettings):
     def embedded(self) -> bool:
         """True when no REDIS_URL is set: API and worker thread share one process."""
         return self.redis_url is None
+
+    @property
+    def result_store_bytes(self) -> int:
+        return int(self.result_store_mb * 2**20)

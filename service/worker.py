@@ -27,10 +27,10 @@ from rsd.imagefile import DecodedImage, ImageError, encode_image, read_image
 from rsd.pipeline import PreparedImage, finish_image, prepare_image, run_tiles
 from service import metrics
 from service.batching import BatchSlice, PendingTiles, next_batch
-from service.codec import image_limits
 from service.jobs import CONTENT_TYPES, ClaimedJob, JobResult
 from service.queue.base import WorkerQueue
 from service.settings import ServiceSettings
+from service.uploads import image_limits
 
 if TYPE_CHECKING:  # the worker runs any Upscaler; importing the ABC would import torch for nothing
     from rsd.backends.base import Upscaler
@@ -175,6 +175,8 @@ class Worker:
             active.computed += 1
         for s in take:
             self._active[s.job_id].compute_s += elapsed
+            done, total = self._active[s.job_id].computed, len(self._active[s.job_id].outputs)
+            self.queue.report_progress(s.job_id, done, total, (total - done) / max(self.tiles_per_s, 1e-6))
         for job_id, exc in failed.items():
             self.queue.fail(self._active[job_id].job, "compute_failed", f"the model failed on a tile: {exc}")
             self._drop(job_id)

@@ -49,6 +49,26 @@ class DeadlineExceeded(QueueError):
     """The job's deadline passed before it finished (504); it was not computed if still queued."""
 
 
+class ResultGone(QueueError):
+    """The job finished but its result was released (410): `reason` says why (RESULT_GONE_REASONS)."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"the result of job {job_id!r} is gone: {RESULT_GONE_REASONS.get(reason, reason)}")
+        self.reason = reason
+
+
+#: why a finished job's result is no longer stored (serving.md "Result retention")
+RESULT_GONE_REASONS = {
+    "delivered": "it was delivered to the synchronous request that made it (send an Idempotency-Key to keep it)",
+    "expired": "it was kept for RSD_RESULT_TTL_S seconds after the job finished",
+    "store_full": "the result store passed RSD_RESULT_STORE_MB and the oldest results were evicted",
+}
+
+
+class StoreFull(QueueError):
+    """Admission refused (503) because the store could not hold the job; the message is the reason."""
+
+
 class JobFailed(QueueError):
     """The job ended failed or cancelled; `record` carries the code and message."""
 
@@ -121,7 +141,13 @@ class ApiQueue(ABC):
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     @abstractmethod
-    async def result(self, job_id: str) -> JobResult | None: ...
+    async def result(self, job_id: str) -> JobResult | None:
+        """The stored result; None for an unknown job or one not done; ResultGone once released."""
+
+    @abstractmethod
+    async def release(self, job_id: str) -> None:
+        """Drop a delivered result now (a synchronous request without Idempotency-Key): a later fetch
+        gets ResultGone("delivered"); the job's record stays for a short while."""
 
     @abstractmethod
     async def cancel(self, job_id: str) -> bool:
@@ -158,6 +184,10 @@ class WorkerQueue(ABC):
     @abstractmethod
     def fail(self, job: ClaimedJob, code: str, message: str) -> bool:
         """Mark failed with a reason; False when the job had already ended."""
+
+    def report_progress(self, job_id: str, tiles_done: int, tiles_total: int, eta_s: float | None) -> None:  # noqa: B027
+        """Publish a running job's progress (GET /jobs/{id}, its SSE stream); the default does nothing.
+        Transports that pay for a write throttle it (serving.md "Worker loop")."""
 
     @abstractmethod
     def heartbeat(self, ready: bool, tiles_per_s: float) -> None:

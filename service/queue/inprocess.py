@@ -2,16 +2,23 @@
 
 The API coroutines and one worker thread share this object. It mirrors the Redis transport where it
 matters to clients: admission in tiles with Retry-After, Idempotency-Key, a job dropped (expired)
-before compute when its deadline has passed, exactly one terminal status per job, results kept for
-`result_ttl_s`. There are no leases: a thread cannot die without the process.
+before compute when its deadline has passed, exactly one terminal status per job. There are no
+leases: a thread cannot die without the process.
+
+Result retention (serving.md "Result retention"): a delivered synchronous result is released at once
+(`release`); the others are kept `result_ttl_s` or until the stored bytes pass `result_store_bytes`,
+oldest first. A sweep on a timer (`sweep_interval_s`, started in `start`) expires them, not only the
+next request. Records outlive their results (a fetch then says why the result is gone): for
+`result_ttl_s` more, or `DELIVERED_RECORD_S` after a delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,10 +31,14 @@ from service.queue.base import (
     IdempotencyConflict,
     JobFailed,
     JobNotFound,
+    ResultGone,
     Submitted,
     WorkerQueue,
     admission,
 )
+
+#: how long the record of a delivered synchronous job stays (GET /jobs/{id} right after the answer)
+DELIVERED_RECORD_S = 60.0
 
 
 @dataclass
@@ -39,6 +50,12 @@ class _Entry:
     error_message: str | None = None
     result: JobResult | None = None
     finished_at: float = 0.0
+    #: when the record itself is forgotten (set at the terminal transition)
+    forget_at: float = float("inf")
+    #: why the result is no longer stored (base.RESULT_GONE_REASONS), once it is not
+    gone: str | None = None
+    tiles_done: int = 0
+    eta_s: float | None = None
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def record(self) -> JobRecord:
@@ -53,6 +70,8 @@ class _Entry:
             attempts=self.attempts,
             error_code=self.error_code,
             error_message=self.error_message,
+            tiles_done=self.tiles_done,
+            eta_s=self.eta_s,
         )
 
 
@@ -66,8 +85,16 @@ class InProcessQueue(ApiQueue, WorkerQueue):
         result_ttl_s: float = 900.0,
         idempotency_ttl_s: float = 86_400.0,
         heartbeat_timeout_s: float = 10.0,
+        result_store_bytes: int = 256 * 2**20,
+        sweep_interval_s: float = 5.0,
     ) -> None:
         self._limit = max_backlog_tiles
+        self._store_cap = result_store_bytes
+        self._sweep_interval_s = sweep_interval_s
+        #: job id -> result size of every stored result, oldest first (eviction order)
+        self._stored: OrderedDict[str, int] = OrderedDict()
+        self._stored_bytes = 0
+        self._sweeper: asyncio.Task[None] | None = None
         self._assumed_rate = assumed_tiles_per_s
         self._result_ttl_s = result_ttl_s
         self._idem_ttl_s = idempotency_ttl_s
@@ -85,6 +112,25 @@ class InProcessQueue(ApiQueue, WorkerQueue):
     # ------------------------------------------------------------------ API side
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="rsd-result-sweeper")
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            with self._cond:
+                self._sweep(time.time())
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of results held now (the quantity RSD_RESULT_STORE_MB caps)."""
+        with self._cond:
+            return self._stored_bytes
 
     def _rate(self) -> float:
         return self._worker_rate if self._worker_rate > 0 else self._assumed_rate
@@ -101,7 +147,8 @@ class InProcessQueue(ApiQueue, WorkerQueue):
             self._sweep(now)
             if job.idempotency_key is not None:
                 known = self._idem.get(job.idempotency_key)
-                if known is not None and known[0] in self._entries:
+                replay = self._entries.get(known[0]) if known is not None else None
+                if known is not None and replay is not None and replay.gone is None:
                     if known[1] != job.fingerprint:
                         raise IdempotencyConflict(
                             f"Idempotency-Key {job.idempotency_key!r} was used for a different request"
@@ -145,7 +192,9 @@ class InProcessQueue(ApiQueue, WorkerQueue):
 
     @staticmethod
     def _outcome(entry: _Entry) -> JobResult:
-        if entry.status is JobStatus.DONE and entry.result is not None:
+        if entry.status is JobStatus.DONE:
+            if entry.result is None:
+                raise ResultGone(entry.job.id, entry.gone or "expired")
             return entry.result
         if entry.status is JobStatus.EXPIRED:
             raise DeadlineExceeded(entry.job.id)
@@ -159,7 +208,16 @@ class InProcessQueue(ApiQueue, WorkerQueue):
     async def result(self, job_id: str) -> JobResult | None:
         with self._cond:
             entry = self._entries.get(job_id)
+            if entry is not None and entry.gone is not None:
+                raise ResultGone(job_id, entry.gone)
             return None if entry is None else entry.result
+
+    async def release(self, job_id: str) -> None:
+        with self._cond:
+            entry = self._entries.get(job_id)
+            if entry is not None and entry.result is not None:
+                self._drop_result(entry, "delivered")
+                entry.forget_at = min(entry.forget_at, time.time() + DELIVERED_RECORD_S)
 
     async def cancel(self, job_id: str) -> bool:
         return self._finish(job_id, JobStatus.CANCELLED, "cancelled", "cancelled by the client")
@@ -229,7 +287,19 @@ class InProcessQueue(ApiQueue, WorkerQueue):
                 return False
             entry.result = result
             self._finish_locked(entry, JobStatus.DONE, None, None)
+            self._stored[job.id] = len(result.data)
+            self._stored_bytes += len(result.data)
+            # oldest first, never the result just stored (its waiter has yet to read it)
+            while self._stored_bytes > self._store_cap and next(iter(self._stored)) != job.id:
+                self._drop_result(self._entries[next(iter(self._stored))], "store_full")
             return True
+
+    def report_progress(self, job_id: str, tiles_done: int, tiles_total: int, eta_s: float | None) -> None:
+        with self._cond:
+            entry = self._entries.get(job_id)
+            if entry is not None and entry.status is JobStatus.RUNNING:
+                entry.tiles_done = min(max(tiles_done, entry.tiles_done), entry.job.cost_tiles)
+                entry.eta_s = eta_s
 
     def fail(self, job: ClaimedJob, code: str, message: str) -> bool:
         return self._finish(job.id, JobStatus.FAILED, code, message)
@@ -254,20 +324,29 @@ class InProcessQueue(ApiQueue, WorkerQueue):
         entry.status = status
         entry.error_code, entry.error_message = code, message
         entry.finished_at = time.time()
+        entry.forget_at = entry.finished_at + 2 * self._result_ttl_s
         self._backlog -= entry.job.cost_tiles
         waiters, entry.waiters = entry.waiters, []
         if self._loop is not None and waiters:
             self._loop.call_soon_threadsafe(_wake_all, waiters)
 
+    def _drop_result(self, entry: _Entry, reason: str) -> None:
+        """Release a stored result (lock held); the record keeps why."""
+        entry.result = None
+        entry.gone = reason
+        self._stored_bytes -= self._stored.pop(entry.job.id, 0)
+
     def _sweep(self, now: float) -> None:
-        """Forget finished jobs after the result TTL and idempotency keys after theirs (lock held)."""
-        stale = [
-            job_id
-            for job_id, entry in self._entries.items()
-            if entry.status.terminal and now - entry.finished_at > self._result_ttl_s
-        ]
-        for job_id in stale:
-            del self._entries[job_id]
+        """Expire results after the result TTL, forget records and idempotency keys after theirs (lock held)."""
+        for job_id in list(self._stored):  # oldest first: stop at the first one still young
+            entry = self._entries[job_id]
+            if now - entry.finished_at <= self._result_ttl_s:
+                break
+            self._drop_result(entry, "expired")
+        for job_id in [job_id for job_id, entry in self._entries.items() if entry.forget_at < now]:
+            entry = self._entries.pop(job_id)
+            if entry.result is not None:
+                self._drop_result(entry, "expired")
         for key in [key for key, (_, _, expires) in self._idem.items() if expires < now]:
             del self._idem[key]
 

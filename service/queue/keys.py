@@ -10,6 +10,8 @@
 | {prefix}:backlog | int | outstanding tiles (admit adds, every terminal transition subtracts, atomically) |
 | {prefix}:dead | stream | poison jobs after max attempts |
 | {prefix}:workers | hash | worker name -> JSON heartbeat (time, ready, tiles/s) for readiness and Retry-After |
+| {prefix}:store | sorted set | job ids of stored results, scored by completion time (eviction order) |
+| {prefix}:store:sizes / :bytes / :cap | hash / int / int | result sizes, their sum, the cap in bytes |
 """
 
 from __future__ import annotations
@@ -38,6 +40,26 @@ class RedisKeys:
     @property
     def workers(self) -> str:
         return f"{self.prefix}:workers"
+
+    @property
+    def store(self) -> str:
+        return f"{self.prefix}:store"
+
+    @property
+    def store_sizes(self) -> str:
+        return f"{self.prefix}:store:sizes"
+
+    @property
+    def store_bytes(self) -> str:
+        return f"{self.prefix}:store:bytes"
+
+    @property
+    def store_cap(self) -> str:
+        return f"{self.prefix}:store:cap"
+
+    def store_keys(self) -> list[str]:
+        """KEYS of the result-store scripts, in their order."""
+        return [self.store, self.store_sizes, self.store_bytes, self.store_cap]
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"

@@ -35,6 +35,8 @@ from service.queue.base import (
     JobNotFound,
     QueueFull,
     QueueUnavailable,
+    ResultGone,
+    StoreFull,
     Submitted,
     admission,
     retry_after,
@@ -48,6 +50,10 @@ log = logging.getLogger(__name__)
 HEARTBEAT_GRACE = 5.0
 #: the longest an API replica sleeps between looks at a job's hash when no notice arrives
 POLL_S = 1.0
+#: how long a delivered synchronous job's record stays (GET /jobs/{id} right after the answer)
+DELIVERED_RECORD_S = 60
+#: how long a reading of Redis INFO memory is reused by admission
+MEMORY_CACHE_S = 0.5
 
 _REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
@@ -88,6 +94,8 @@ def record_from_hash(job_id: str, fields: dict[str, str]) -> JobRecord:
         attempts=int(fields.get("attempts", 0)),
         error_code=fields.get("error_code") or None,
         error_message=fields.get("error_message") or None,
+        tiles_done=int(fields.get("tiles_done") or 0),
+        eta_s=float(fields["eta_s"]) if fields.get("eta_s") else None,
     )
 
 
@@ -126,6 +134,10 @@ class RedisApiQueue(ApiQueue):
         )
         self._admit = self._client.register_script(scripts.ADMIT)
         self._finish = self._client.register_script(scripts.FINISH)
+        self._release = self._client.register_script(scripts.RELEASE)
+        self._sweep = self._client.register_script(scripts.SWEEP)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._memory_cache: tuple[float, int, int] = (0.0, 0, 0)  # (read at, used_memory, maxmemory)
         self._waiters: dict[str, list[asyncio.Event]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
@@ -143,9 +155,14 @@ class RedisApiQueue(ApiQueue):
         if warning:
             log.warning("!" * 20 + " " + warning + " " + "!" * 20)
         self._listener = asyncio.create_task(self._listen(), name="rsd-reply-listener")
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="rsd-result-sweeper")
 
     async def aclose(self) -> None:
         self._closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._listener is not None:
             self._listener.cancel()
             # redis-py may turn the cancellation of a blocking read into a connection error, which the
@@ -167,8 +184,54 @@ class RedisApiQueue(ApiQueue):
             self._rate_cache = (now, rate, workers)
         return (rate if rate > 0 else self._settings.assumed_tiles_per_s), workers
 
+    # ------------------------------------------------------------------ result store
+    async def _sweep_forever(self) -> None:
+        """Expire results on a timer and publish the store cap (serving.md "Result retention")."""
+        while not self._closing:
+            with contextlib.suppress(QueueUnavailable, redis.exceptions.ResponseError):
+                await self.sweep()
+            await asyncio.sleep(self._settings.result_sweep_s)
+
+    async def sweep(self) -> int:
+        """One sweep: results older than RSD_RESULT_TTL_S leave the store; returns how many."""
+        keys = self._keys
+        cutoff = time.time() - self._settings.result_ttl_s
+        with unavailable_on_error(self._url):
+            dropped = await self._sweep(
+                keys=keys.store_keys(),
+                args=[repr(cutoff), keys.job(""), keys.output(""), 1000, self._settings.result_store_bytes],
+            )
+        return int(dropped)
+
+    async def release(self, job_id: str) -> None:
+        keys = self._keys
+        with unavailable_on_error(self._url):
+            await self._release(
+                keys=[*keys.store_keys(), keys.job(job_id)],
+                args=[job_id, "delivered", DELIVERED_RECORD_S, keys.job(""), keys.output("")],
+            )
+
+    async def _check_memory(self, incoming_bytes: int) -> None:
+        """StoreFull when Redis's used_memory plus `incoming_bytes` would pass the high-water mark of
+        maxmemory (noeviction: the writes of an admitted job would fail later instead)."""
+        read_at, used, limit = self._memory_cache
+        now = time.monotonic()
+        if now - read_at > MEMORY_CACHE_S:
+            info: dict[str, Any] = await self._client.info("memory")
+            used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+            self._memory_cache = (now, used, limit)
+        high_water = self._settings.redis_memory_high_water * limit
+        if limit > 0 and used + incoming_bytes > high_water:
+            mib = 2**20
+            raise StoreFull(
+                f"Redis is near maxmemory: used_memory {used / mib:.1f} MiB + {incoming_bytes / mib:.1f} MiB "
+                f"for this job would pass {self._settings.redis_memory_high_water:.0%} of maxmemory "
+                f"{limit / mib:.1f} MiB; new jobs are refused until results are fetched or expire"
+            )
+
     async def precheck(self, deadline: float) -> None:
         with unavailable_on_error(self._url):
+            await self._check_memory(0)
             rate, _ = await self._throughput()
             backlog = int(await self._client.get(self._keys.backlog) or 0)
         refusal = admission(backlog, 1, self._settings.max_backlog_tiles, rate, deadline - time.time())
@@ -178,6 +241,7 @@ class RedisApiQueue(ApiQueue):
     async def submit(self, job: Job) -> Submitted:
         keys = self._keys
         with unavailable_on_error(self._url):
+            await self._check_memory(len(job.data) + job.result_bytes_bound)
             rate, _ = await self._throughput()
             backlog = int(await self._client.get(keys.backlog) or 0)
             refusal = admission(
@@ -261,7 +325,7 @@ class RedisApiQueue(ApiQueue):
             result = await self.result(record.id)
             if result is not None:
                 return result
-            raise JobNotFound(f"{record.id}: the result expired")
+            raise ResultGone(record.id, "expired")
         if record.status is JobStatus.EXPIRED:
             raise DeadlineExceeded(record.id)
         raise JobFailed(record)
@@ -289,8 +353,10 @@ class RedisApiQueue(ApiQueue):
                 pipe.get(self._keys.output(job_id))
                 raw_fields, data = await pipe.execute()
         fields = _texts(raw_fields)
-        if data is None or fields.get("status") != JobStatus.DONE.value:
+        if fields.get("status") != JobStatus.DONE.value:
             return None
+        if data is None:
+            raise ResultGone(job_id, fields.get("gone") or "expired")
         return JobResult.from_fields(data, fields)
 
     async def cancel(self, job_id: str) -> bool:

@@ -29,6 +29,9 @@ from service.queue.redis import eviction_warning
 
 log = logging.getLogger(__name__)
 
+#: progress is written to a job's hash at most this often (GET /jobs/{id} reads it a few times a second)
+PROGRESS_PERIOD_S = 0.25
+
 
 class RedisWorkerQueue(WorkerQueue):
     """Blocking client for one worker process; `keepalive` may be called from a second thread."""
@@ -61,6 +64,9 @@ class RedisWorkerQueue(WorkerQueue):
         self._complete = self._client.register_script(scripts.COMPLETE)
         self._dead = self._client.register_script(scripts.DEAD)
         self._refresh = self._client.register_script(scripts.REFRESH)
+        self._progress = self._client.register_script(scripts.PROGRESS)
+        #: job id -> when its progress was last written (at most one write per PROGRESS_PERIOD_S)
+        self._progress_at: dict[str, float] = {}
         self._next_reap = 0.0
 
     def prepare(self) -> None:
@@ -197,13 +203,25 @@ class RedisWorkerQueue(WorkerQueue):
     def complete(self, job: ClaimedJob, result: JobResult) -> bool:
         keys = self._keys
         timing = [item for pair in result.timing_fields().items() for item in pair]
+        self._progress_at.pop(job.id, None)
         done = self._complete(
-            keys=[keys.job(job.id), keys.input(job.id), keys.backlog, keys.jobs, keys.output(job.id)],
-            args=[GROUP, keys.reply(""), job.id, repr(time.time()), self._result_ttl_s, result.data, *timing],
-        )
+            keys=[keys.job(job.id), keys.input(job.id), keys.backlog, keys.jobs, keys.output(job.id),
+                  *keys.store_keys()],
+            args=[GROUP, keys.reply(""), job.id, repr(time.time()), self._result_ttl_s, result.data, keys.job(""),
+                  keys.output(""), *timing],
+        )  # fmt: skip
         return int(done) == 1
 
+    def report_progress(self, job_id: str, tiles_done: int, tiles_total: int, eta_s: float | None) -> None:
+        now = time.monotonic()
+        if now - self._progress_at.get(job_id, -PROGRESS_PERIOD_S) < PROGRESS_PERIOD_S:
+            return
+        self._progress_at[job_id] = now
+        eta = "" if eta_s is None else f"{eta_s:.3f}"
+        self._progress(keys=[self._keys.job(job_id)], args=[min(tiles_done, tiles_total), eta])
+
     def fail(self, job: ClaimedJob, code: str, message: str) -> bool:
+        self._progress_at.pop(job.id, None)
         return self._end(job.id, JobStatus.FAILED, code, message)
 
     def _end(self, job_id: str, status: JobStatus, code: str, message: str) -> bool:

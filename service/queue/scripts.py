@@ -13,6 +13,17 @@ the API replica is only known from the job hash (single Redis instance, not Redi
 from __future__ import annotations
 
 _PRELUDE = """
+-- Release one stored result (result store: KEYS store, sizes, bytes): 1 if it was stored.
+local function drop_result(store, sizes, total, job_prefix, out_prefix, job_id, reason)
+  if redis.call('ZREM', store, job_id) == 0 then return 0 end
+  redis.call('DECRBY', total, redis.call('HGET', sizes, job_id) or '0')
+  redis.call('HDEL', sizes, job_id)
+  redis.call('DEL', out_prefix .. job_id)
+  local job = job_prefix .. job_id
+  if redis.call('EXISTS', job) == 1 then redis.call('HSET', job, 'gone', reason) end
+  return 1
+end
+
 local function is_terminal(status)
   return status == 'done' or status == 'failed' or status == 'expired' or status == 'cancelled'
 end
@@ -69,7 +80,8 @@ if ARGV[9] == '1' then
   if known then
     local space = string.find(known, ' ', 1, true)
     local known_id = string.sub(known, 1, space - 1)
-    if redis.call('EXISTS', ARGV[13] .. known_id) == 1 then
+    local known_job = ARGV[13] .. known_id
+    if redis.call('EXISTS', known_job) == 1 and redis.call('HEXISTS', known_job, 'gone') == 0 then
       return {'dup', known_id, string.sub(known, space + 1)}
     end
   end
@@ -136,8 +148,10 @@ return finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARG
 """
 )
 
-#: KEYS: job hash, input, backlog, jobs stream, output.
-#: ARGV: group, reply prefix, job id, now, ttl, result bytes, then timing fields as field/value pairs.
+#: KEYS: job hash, input, backlog, jobs stream, output, then the result store (RedisKeys.store_keys).
+#: ARGV: group, reply prefix, job id, now, ttl, result bytes, job key prefix, output key prefix, then
+#: timing fields as field/value pairs. The result joins the store; while the store passes its cap the
+#: oldest others are evicted (serving.md "Result retention"). The record outlives the result by a TTL.
 COMPLETE = (
     _PRELUDE
     + """
@@ -145,11 +159,58 @@ local done = finish(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3
   ARGV[5])
 if done == 1 then
   redis.call('SET', KEYS[5], ARGV[6], 'EX', ARGV[5])
-  for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  redis.call('EXPIRE', KEYS[1], 2 * tonumber(ARGV[5]))
+  redis.call('ZADD', KEYS[6], ARGV[4], ARGV[3])
+  redis.call('HSET', KEYS[7], ARGV[3], string.len(ARGV[6]))
+  local total = redis.call('INCRBY', KEYS[8], string.len(ARGV[6]))
+  local cap = tonumber(redis.call('GET', KEYS[9]) or '-1')
+  while cap >= 0 and total > cap do
+    local oldest = redis.call('ZRANGE', KEYS[6], 0, 0)[1]
+    if not oldest or oldest == ARGV[3] then break end
+    drop_result(KEYS[6], KEYS[7], KEYS[8], ARGV[7], ARGV[8], oldest, 'store_full')
+    total = tonumber(redis.call('GET', KEYS[8]))
+  end
 end
 return done
 """
 )
+
+#: KEYS: the result store (RedisKeys.store_keys), job hash. ARGV: job id, reason, record ttl, job key
+#: prefix, output key prefix. A delivered result leaves the store; its record stays `record ttl` s.
+RELEASE = (
+    _PRELUDE
+    + """
+local released = drop_result(KEYS[1], KEYS[2], KEYS[3], ARGV[4], ARGV[5], ARGV[1], ARGV[2])
+if released == 1 and redis.call('TTL', KEYS[5]) > tonumber(ARGV[3]) then
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+end
+return released
+"""
+)
+
+#: KEYS: the result store (RedisKeys.store_keys). ARGV: cutoff time, job key prefix, output key prefix,
+#: most entries per call, cap in bytes. Expires results finished before the cutoff (their bytes have
+#: a Redis TTL too; this keeps the accounting exact) and publishes the cap. Returns how many it dropped.
+SWEEP = (
+    _PRELUDE
+    + """
+redis.call('SET', KEYS[4], ARGV[5])
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+for _, job_id in ipairs(old) do
+  drop_result(KEYS[1], KEYS[2], KEYS[3], ARGV[2], ARGV[3], job_id, 'expired')
+end
+return #old
+"""
+)
+
+#: KEYS: job hash. ARGV: tiles done, eta (empty: unknown). Only a running job's record changes (a
+#: report racing the completion must not resurrect an expired hash).
+PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'tiles_done', ARGV[1], 'eta_s', ARGV[2])
+return 1
+"""
 
 #: KEYS: job hash, input, backlog, jobs stream, dead stream.
 #: ARGV: group, reply prefix, job id, now, ttl, entry id, deliveries, reason.

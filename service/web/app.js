@@ -1,5 +1,10 @@
-// rsd-serve page: drop an image, POST /upscale, show before/after, offer the result for download.
+// rsd-serve page: drop an image, upscale it, show before/after, offer the result for download.
+// Small images go through POST /upscale; large ones through POST /jobs, with a progress bar fed by the
+// job's Server-Sent Events (GET /jobs/{id}/events, read with fetch so that the API key header is sent).
 "use strict";
+
+// above this many input pixels the page uses /jobs and shows progress (a few model tiles and more)
+const JOBS_ABOVE_PIXELS = 128 * 128;
 
 const $ = (id) => document.getElementById(id);
 let chosen = null;
@@ -53,17 +58,15 @@ async function upscale() {
   if (key) headers["X-API-Key"] = key;
   $("go").disabled = true;
   $("status").textContent = "Upscaling…";
+  $("progress").hidden = true;
   showError("");
   const started = performance.now();
   try {
-    const response = await fetch(`/upscale?${params}`, { method: "POST", body, headers });
-    if (!response.ok) {
-      let message = `${response.status} ${response.statusText}`;
-      try { message += `: ${(await response.json()).error.message}`; } catch (_) { /* not JSON */ }
-      const retry = response.headers.get("Retry-After");
-      if (retry) message += ` (retry after ${retry} s)`;
-      throw new Error(message);
-    }
+    const large = (await pixelsOf(chosen)) > JOBS_ABOVE_PIXELS;
+    const response = large
+      ? await viaJob(params, body, headers)
+      : await fetch(`/upscale?${params}`, { method: "POST", body, headers });
+    if (!response.ok) throw await errorOf(response);
     const blob = await response.blob();
     if (resultUrl) URL.revokeObjectURL(resultUrl);
     resultUrl = URL.createObjectURL(blob);
@@ -74,6 +77,72 @@ async function upscale() {
   } finally {
     $("go").disabled = false;
   }
+}
+
+async function pixelsOf(file) {
+  try {
+    const bitmap = await createImageBitmap(file);
+    const pixels = bitmap.width * bitmap.height;
+    bitmap.close();
+    return pixels;
+  } catch (_) {
+    return file.size > 256 * 1024 ? Infinity : 0; // a format the browser cannot decode (TIFF): judge by size
+  }
+}
+
+async function errorOf(response) {
+  let message = `${response.status} ${response.statusText}`;
+  try { message += `: ${(await response.json()).error.message}`; } catch (_) { /* not JSON */ }
+  const retry = response.headers.get("Retry-After");
+  if (retry) message += ` (retry after ${retry} s)`;
+  return new Error(message);
+}
+
+async function viaJob(params, body, headers) {
+  const created = await fetch(`/jobs?${params}`, { method: "POST", body, headers });
+  if (!created.ok) throw await errorOf(created);
+  const job = await created.json();
+  showProgress(job);
+  const final = await followEvents(job.id, headers);
+  if (final.status !== "done") {
+    throw new Error(`the job ended ${final.status}${final.error ? `: ${final.error.message}` : ""}`);
+  }
+  return fetch(`/jobs/${job.id}/result`, { headers });
+}
+
+async function followEvents(id, headers) {
+  const response = await fetch(`/jobs/${id}/events`, { headers });
+  if (!response.ok) throw await errorOf(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let last = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+      const data = block.split("\n").filter((line) => line.startsWith("data: ")).map((line) => line.slice(6)).join("\n");
+      if (!data) continue;
+      const event = JSON.parse(data);
+      if (!event.status) throw new Error(event.error ? event.error.message : "the progress stream failed");
+      last = event;
+      showProgress(last);
+    }
+  }
+  if (!last) throw new Error("the progress stream ended early");
+  return last;
+}
+
+function showProgress(job) {
+  const bar = $("progress");
+  bar.hidden = false;
+  bar.max = job.tiles_total;
+  bar.value = job.tiles_done;
+  const eta = job.eta_s == null || job.status !== "running" ? "" : ` · about ${Math.ceil(job.eta_s)} s left`;
+  $("status").textContent = `${job.status}: ${job.tiles_done}/${job.tiles_total} tiles${eta}`;
 }
 
 function loaded(img, src) {

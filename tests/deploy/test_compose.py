@@ -18,8 +18,8 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from service.codec import MULTIPART_SLACK
 from service.settings import ServiceSettings
+from service.uploads import MULTIPART_SLACK
 from tests.deploy.conftest import (
     DEPLOY,
     DEPLOY_ONLY_ENV,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from service.codec import MULTIPART_SLACK
 from service.queue.keys import GROUP, RedisKeys
 from service.settings import ServiceSettings
+from service.uploads import MULTIPART_SLACK
 from tests.deploy.conftest import DEPLOY, DEPLOY_ONLY_ENV, REPO, load_yaml, load_yaml_documents, parse_dockerfile
 from tests.deploy.conftest import settings_env_names as known_env
 from tests.service.conftest import embedded_client

@@ -19,6 +19,7 @@ from rsd.imagefile import (
     ImageLimits,
     encode_image,
     format_from_suffix,
+    read_header,
     read_image,
     read_image_file,
     upscale_alpha,
@@ -184,6 +185,21 @@ def test_exif_orientation_applied() -> None:
     error = np.abs(decoded.rgb.astype(int) - np.rot90(stored, k=-1)).mean()
     wrong_way = np.abs(decoded.rgb.astype(int) - np.rot90(stored, k=1)).mean()
     assert error < 8 < wrong_way
+
+
+def test_read_header_matches_the_decoded_size_and_applies_the_caps() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = encode(Image.new("RGB", (64, 32)), "JPEG", exif=exif.tobytes())
+    assert read_header(turned) == read_image(turned).rgb.shape[:2] == (64, 32)
+    plain = encode(Image.new("RGB", (30, 20)), "PNG")
+    assert read_header(plain) == (20, 30)
+    with pytest.raises(ImageError) as caught:
+        read_header(plain, ImageLimits(max_input_pixels=500))
+    assert caught.value.code == "too_large"
+    with pytest.raises(ImageError) as caught:
+        read_header(b"not an image at all")
+    assert caught.value.code == "undecodable"
 
 
 def test_one_pixel_image() -> None:

@@ -140,7 +140,14 @@ def embedded_client(
     """
     settings = ServiceSettings(model_dir=model_dir, redis_url=None, **overrides)  # type: ignore[arg-type]
     upscaler = upscaler or FakeUpscaler()
-    queue = InProcessQueue(settings.max_backlog_tiles, settings.assumed_tiles_per_s, heartbeat_timeout_s=30)
+    queue = InProcessQueue(
+        settings.max_backlog_tiles,
+        settings.assumed_tiles_per_s,
+        result_ttl_s=settings.result_ttl_s,
+        heartbeat_timeout_s=30,
+        result_store_bytes=settings.result_store_bytes,
+        sweep_interval_s=settings.result_sweep_s,
+    )
     worker = WorkerThread(lambda: upscaler, queue, settings)
     return TestClient(create_app(settings, queue, worker), raise_server_exceptions=False), queue, upscaler
 

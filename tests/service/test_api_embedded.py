@@ -337,3 +337,15 @@ def test_stays_ready_during_a_batch_longer_than_the_heartbeat_timeout(fake_model
         gate.set()
         busy.join(10)
     assert statuses == [200] * 15
+
+
+def test_openapi_declares_the_deadline_maximum_and_the_documented_errors(fake_model: Path) -> None:
+    client, _, _ = embedded_client(fake_model)
+    schema = client.get("/openapi.json").json()
+    for path in ("/upscale", "/jobs"):
+        operation = schema["paths"][path]["post"]
+        limits = {p["name"]: p["schema"]["anyOf"][0].get("maximum") for p in operation["parameters"]}
+        assert limits["deadline_ms"] == 3_600_000 and limits["x-deadline-ms"] == 3_600_000
+        assert "deadline_exceeded" in operation["responses"]["504"]["description"]
+    assert "410" in schema["paths"]["/jobs/{job_id}/result"]["get"]["responses"]
+    assert "/jobs/{job_id}/events" in schema["paths"]

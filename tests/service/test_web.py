@@ -66,3 +66,35 @@ def test_page_upscales_an_upload_and_offers_the_download(fake_model: Path, tmp_p
             assert "400" in (page.text_content("#error") or "")
         finally:
             browser.close()
+
+
+def test_page_shows_a_progress_bar_that_advances_for_a_large_image(fake_model: Path, tmp_path: Path) -> None:
+    source = tmp_path / "large.png"
+    source.write_bytes(png_bytes(160, 160, seed=4))  # above the page's /jobs threshold: 49 tiles of 32
+    settings = ServiceSettings(model_dir=fake_model, redis_url=None, max_batch_tiles=2)
+    queue = InProcessQueue(settings.max_backlog_tiles, settings.assumed_tiles_per_s)
+    upscaler = FakeUpscaler(delay_s_per_tile=0.03)
+    app = create_app(settings, queue, WorkerThread(lambda: upscaler, queue, settings))
+    with ThreadedServer(app) as server, playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            # record every value the bar takes, from inside the page (no polling gaps)
+            page.evaluate(
+                """() => { window.seen = []; const bar = document.getElementById('progress');
+                const value = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, 'value');
+                Object.defineProperty(bar, 'value', {
+                  set(v) { value.set.call(this, v); window.seen.push([Number(v), this.max]); },
+                  get() { return value.get.call(this); } }); }"""
+            )
+            page.set_input_files("#file", str(source))
+            page.wait_for_function("document.getElementById('result').naturalWidth > 0", timeout=60_000)
+            seen = page.evaluate("window.seen")
+            visible = page.is_visible("#progress")
+        finally:
+            browser.close()
+    values = [value for value, _ in seen]
+    total = seen[-1][1]
+    assert visible and total > 10 and values == sorted(values) and values[-1] == total
+    assert len({v for v in values if 0 < v < total}) >= 2  # it advanced in between, not only at the end

@@ -1,9 +1,8 @@
-"""HTTP-facing wrapper over rsd.imagefile: limits from settings, image errors to statuses.
+"""Parsing uploads: the request body (multipart field `image` or a raw image body) under the byte cap,
+and the image header for the size checks (serving.md "HTTP contract", "Image hygiene").
 
-rsd.imagefile does the hygiene (byte cap, header-first pixel caps with Pillow's bomb guard set, EXIF
-orientation, ICC, mode families, alpha, 16-bit, CMYK); this module only maps its error codes to the
-contract's statuses (serving.md "HTTP contract"): empty/undecodable -> 400, too_large -> 413,
-unsupported -> 415.
+The API reads only the header (rsd.imagefile.read_header: byte cap, pixel caps, format, frames); the
+worker decodes the pixels. Image errors map to statuses through the one table, service.schemas.ERROR_STATUS.
 """
 
 from __future__ import annotations
@@ -14,11 +13,9 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import Message
 
-from rsd.imagefile import DecodedImage, ImageError, ImageLimits, read_image
+from rsd.imagefile import ImageError, ImageLimits, read_header
 from service.schemas import ApiError
 from service.settings import ServiceSettings
-
-STATUS_FOR_IMAGE_ERROR: dict[str, int] = {"empty": 400, "undecodable": 400, "too_large": 413, "unsupported": 415}
 
 
 def image_limits(settings: ServiceSettings, scale: int = 4) -> ImageLimits:
@@ -30,16 +27,12 @@ def image_limits(settings: ServiceSettings, scale: int = 4) -> ImageLimits:
     )
 
 
-def image_api_error(error: ImageError) -> ApiError:
-    return ApiError(STATUS_FOR_IMAGE_ERROR.get(error.code, 400), error.code, str(error))
-
-
-def decode_upload(data: bytes, limits: ImageLimits) -> DecodedImage:
-    """Decode uploaded bytes or raise ApiError with the documented status."""
+def image_size(data: bytes, limits: ImageLimits) -> tuple[int, int]:
+    """(height, width) from the header, or ApiError with the documented status."""
     try:
-        return read_image(data, limits)
+        return read_header(data, limits)
     except ImageError as error:
-        raise image_api_error(error) from error
+        raise ApiError(error.code, str(error)) from error
 
 
 #: room for multipart boundaries and the small form fields around the image part
@@ -56,7 +49,6 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str
     multipart = content_type.startswith("multipart/form-data")
     if not multipart and not content_type.startswith("image/"):
         raise ApiError(
-            415,
             "unsupported",
             f"content type {content_type or '(none)'!r}: send multipart/form-data with a field 'image', "
             "or the image bytes with an image/* content type",
@@ -64,12 +56,12 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str
     cap = max_bytes + (MULTIPART_SLACK if multipart else 0)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > cap:
-        raise ApiError(413, "too_large", f"the request body has {declared} bytes, above the limit of {cap}")
+        raise ApiError("too_large", f"the request body has {declared} bytes, above the limit of {cap}")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > cap:
-            raise ApiError(413, "too_large", f"the request body exceeds the limit of {cap} bytes")
+            raise ApiError("too_large", f"the request body exceeds the limit of {cap} bytes")
     if not multipart:
         return bytes(body), {}
     return await _parse_multipart(request, bytes(body))
@@ -88,11 +80,11 @@ async def _parse_multipart(request: Request, body: bytes) -> tuple[bytes, dict[s
     try:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=16)
     except (MultiPartException, HTTPException, ValueError) as exc:
-        raise ApiError(400, "bad_multipart", f"the multipart body cannot be parsed: {exc}") from exc
+        raise ApiError("bad_multipart", f"the multipart body cannot be parsed: {exc}") from exc
     try:
         upload = form.get("image")
         if not isinstance(upload, UploadFile):
-            raise ApiError(422, "missing_image", "the multipart body has no file field 'image'")
+            raise ApiError("missing_image", "the multipart body has no file field 'image'")
         data = await upload.read()
         fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
     finally:
