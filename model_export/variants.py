@@ -1,6 +1,9 @@
 """Backend variants by name, for `rsd bench` and `rsd verify` (an explicit match, not a registry).
 
-    torch-{fp32,bf16,fp16}[-compile]                 torch on the bench device (eager, or torch.compile)
+    torch-{fp32,bf16,fp16}[-compile]                 torch on the bench device (autocast eager, or torch.compile)
+    torch-{bf16,fp16}-cast                           weights cast once to bf16/fp16, channels-last, no autocast
+    torch-{fp32,bf16,fp16}-[compile-]graphs          CUDA graphs per (batch, tile) over the cast weights:
+                                                     torch.cuda.CUDAGraph, or torch.compile(mode="reduce-overhead")
     onnxruntime-{fp32,fp16}[-{all,extended,basic,disable}]   onnxruntime CPU provider, graph optimisation level
     onnxruntime-{cuda,tensorrt}-{fp32,fp16}          onnxruntime GPU providers (onnxruntime-gpu)
     tensorrt-{fp32,fp16,bf16}                        a TensorRT engine built by `rsd export tensorrt`
@@ -20,8 +23,21 @@ from model_export.to_onnx import export_onnx
 from rsd.backends.exported import export_dir, onnx_file_name
 
 BASELINE = "torch-fp32"
+#: `rsd bench` without --backends: on CPU, and on CUDA (eager vs CUDA graphs x fp16/bf16; see README "Benchmarks")
+CPU_VARIANTS = ("torch-fp32", "torch-bf16", "onnxruntime-fp32")
+CUDA_VARIANTS = (
+    "torch-fp32",
+    "torch-fp32-graphs",
+    "torch-fp16",
+    "torch-fp16-cast",
+    "torch-fp16-graphs",
+    "torch-fp16-compile-graphs",
+    "torch-bf16-cast",
+    "torch-bf16-graphs",
+)
 VARIANT_HELP = (
-    "torch-{fp32,bf16,fp16}[-compile], onnxruntime-{fp32,fp16}[-{all,extended,basic,disable}], "
+    "torch-{fp32,bf16,fp16}[-compile], torch-{bf16,fp16}-cast, torch-{fp32,bf16,fp16}-[compile-]graphs, "
+    "onnxruntime-{fp32,fp16}[-{all,extended,basic,disable}], "
     "onnxruntime-{cuda,tensorrt}-{fp32,fp16}, tensorrt-{fp32,fp16,bf16}"
 )
 _LEVELS = ("all", "extended", "basic", "disable")
@@ -63,6 +79,12 @@ def make_variant(name: str, model_dir: Path, tile: int, device: str, threads: in
         case ["torch", dtype, *rest] if rest in ([], ["compile"]):
             _check_dtype(name, dtype, ("fp32", "bf16", "fp16"))
             runner = TorchUpscaler(model_dir, device=device, dtype=dtype, compile=bool(rest))
+        case ["torch", ("bf16" | "fp16") as dtype, "cast"]:
+            runner = TorchUpscaler(model_dir, device=device, dtype=dtype, cast=True)
+        case ["torch", dtype, *rest] if rest in (["graphs"], ["compile", "graphs"]):
+            _check_dtype(name, dtype, ("fp32", "bf16", "fp16"))
+            graphs = "compile" if rest[0] == "compile" else "cuda"
+            runner = TorchUpscaler(model_dir, device=device, dtype=dtype, cast=dtype != "fp32", graphs=graphs)
         case ["onnxruntime", ("cuda" | "tensorrt") as provider, dtype]:
             _check_dtype(name, dtype, ("fp32", "fp16"))
             device_id = int(device.partition(":")[2] or 0)

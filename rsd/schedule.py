@@ -38,6 +38,7 @@ class Schedule:
 
     def __init__(self, config: ScheduleConfig) -> None:
         self.config = config
+        self._tables: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
         self.T = config.steps
         self.kappa = config.kappa
         kappa = config.kappa
@@ -81,8 +82,22 @@ class Schedule:
             raise ValueError(f"t must be a (N,) int64 tensor, got shape {tuple(t.shape)} dtype {t.dtype}")
         if t.shape[0] != like.shape[0]:
             raise ValueError(f"t has {t.shape[0]} entries but the tensor has batch size {like.shape[0]}")
-        coef = torch.from_numpy(table).to(dtype=like.dtype).to(device=t.device)[t]
+        coef = self._device_table(table, like.dtype, t.device)[t]
         return coef.reshape((-1,) + (1,) * (like.dim() - 1)).to(device=like.device)
+
+    def _device_table(self, table: np.ndarray, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """`table` as a tensor of `dtype` on `device`, copied there once per (table, dtype, device).
+
+        The cache keeps host-to-device copies out of every call after the first, so a CUDA graph can be
+        captured after one warm-up call. Traced and compiled graphs build it inline (no tensors cached
+        from a trace)."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return torch.from_numpy(table).to(dtype=dtype).to(device=device)
+        key = (id(table), dtype, device)
+        cached = self._tables.get(key)
+        if cached is None:
+            cached = self._tables[key] = torch.from_numpy(table).to(dtype=dtype).to(device=device)
+        return cached
 
     # -- forward process ----------------------------------------------------------------------------
 
@@ -95,7 +110,9 @@ class Schedule:
     def prior_sample(self, y: Tensor, noise: Tensor) -> Tensor:
         """x_T = y + kappa sqrt(eta_T) noise (method.md 1.2: the reference's approximation of q(x_T))."""
         std = float(self.kappa_times_sqrt_etas[-1])
-        return y + torch.tensor(std, dtype=y.dtype, device=y.device) * noise
+        # A Python scalar, not a tensor built from one: no host-to-device copy (CUDA graph capture).
+        # In fp32 the product rounds the same (the scalar is applied in the tensor's precision).
+        return y + std * noise
 
     def scale_input(self, x_t: Tensor, t: Tensor) -> Tensor:
         """x_t / input_scale[t]: what the network sees in place of x_t (method.md 1.4).

@@ -73,8 +73,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--backends",
         type=_name_list,
-        default=["torch-fp32", "torch-bf16", "onnxruntime-fp32"],
-        help="comma-separated variants; torch-fp32 is always measured as the baseline",
+        default=None,
+        help="comma-separated variants; torch-fp32 is always measured as the baseline "
+        "(default: torch-fp32,torch-bf16,onnxruntime-fp32 on CPU; on CUDA eager vs CUDA graphs x fp16/bf16)",
     )
     bench.add_argument("--batches", type=_int_list, default=[1, 2, 4, 8])
     bench.add_argument("--repeats", type=int, default=3)
@@ -179,11 +180,12 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     from model_export.bench import BenchConfig
     from model_export.bench import run_bench as bench
+    from model_export.variants import CPU_VARIANTS, CUDA_VARIANTS
 
     config = BenchConfig(
         model_dir=args.model,
         tile=_tile(args),
-        variants=tuple(args.backends or ()),
+        variants=tuple(args.backends or (CUDA_VARIANTS if args.device.startswith("cuda") else CPU_VARIANTS)),
         batches=tuple(args.batches),
         repeats=args.repeats,
         device=args.device,

@@ -116,8 +116,9 @@ class WindowAttention(nn.Module):
         ws, heads = self.window, self.num_heads
         nh, nw, d = height // ws, width // ws, c // heads
         qkv = F.conv2d(x, self.qkv.weight[:, :, None, None], self.qkv.bias)
-        # (B, 3, heads, d, nh, ws, nw, ws) -> (3, B, nh, nw, heads, ws, ws, d): one copy
-        qkv = qkv.view(b, 3, heads, d, nh, ws, nw, ws).permute(1, 0, 4, 6, 2, 5, 7, 3)
+        # (B, 3, heads, d, nh, ws, nw, ws) -> (3, B, nh, nw, heads, ws, ws, d): one copy. reshape, not view:
+        # a channels-last map (the torch backend's cast path) has no NCHW view.
+        qkv = qkv.reshape(b, 3, heads, d, nh, ws, nw, ws).permute(1, 0, 4, 6, 2, 5, 7, 3)
         q, k, v = qkv.reshape(3, b, nh * nw, heads, ws * ws, d).unbind(0)
         bias = self.bias().to(x.dtype)
         if attn_mask is None:

@@ -104,12 +104,22 @@ class Downsample(nn.Module):
 _NEAREST_X2_TAPS = ((0, 0, 1), (0, 1, 1), (1, 1, 0), (1, 0, 0))
 
 
+def _nearest_x2_taps(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """`_NEAREST_X2_TAPS` computed on the device: row p holds ones at columns max(0, 2-p) .. min(2, 3-p).
+
+    No host data is copied, so the fold can be captured in a CUDA graph (a host-to-device copy of a
+    pageable buffer is not allowed while a stream is capturing)."""
+    p = torch.arange(4, device=device)[:, None]
+    r = torch.arange(3, device=device)[None, :]
+    return ((r >= (2 - p).clamp(min=0)) & (r <= (3 - p).clamp(max=2))).to(dtype)
+
+
 def _fold_nearest_x2(weight: Tensor) -> Tensor:
     """(Cout, Cin, 3, 3) conv-after-nearest-x2 kernel -> (Cout, Cin, 4, 4) transposed-conv kernel.
 
     One GEMM with the 0/1 matrix kron(taps, taps): a single pass over the weight.
     """
-    taps = torch.tensor(_NEAREST_X2_TAPS, dtype=weight.dtype, device=weight.device)  # (4, 3)
+    taps = _nearest_x2_taps(weight.dtype, weight.device)  # (4, 3)
     fold = torch.kron(taps, taps)  # (16, 9): [(p, q), (r, s)] = taps[p, r] * taps[q, s]
     c_out, c_in = weight.shape[:2]
     return (weight.reshape(c_out * c_in, 9) @ fold.t()).reshape(c_out, c_in, 4, 4)
@@ -257,9 +267,12 @@ class VectorQuantizer(nn.Module):
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z: (N, C, h, w) float -> (z_q (N, C, h, w) codebook vectors, indices (N, h, w) int64).
 
-        Under autocast the distances are still computed in fp32: a bf16/fp16 distance matmul picks a
-        different code for many more positions than the reduced-precision latent alone would."""
-        if torch.is_autocast_enabled(z.device.type):
+        Under autocast, and for a bf16/fp16 latent (weights cast to half precision), the distances are
+        still computed in fp32 against an fp32 codebook: a bf16/fp16 distance matmul picks a different
+        code for many more positions than the reduced-precision latent alone would."""
+        # (the meta device, which tests use to trace host-to-device copies, has no autocast state)
+        autocast = z.device.type != "meta" and torch.is_autocast_enabled(z.device.type)
+        if autocast or z.dtype != torch.float32:
             with torch.autocast(z.device.type, enabled=False):
                 z_q, idx = self._nearest(z.float())
             return z_q.to(z.dtype), idx
@@ -267,7 +280,7 @@ class VectorQuantizer(nn.Module):
 
     def _nearest(self, z: Tensor) -> tuple[Tensor, Tensor]:
         n, c, h, w = z.shape
-        codebook = self.embedding.weight  # (n_embed, C)
+        codebook = self.embedding.weight.float()  # (n_embed, C); a no-op for the fp32 codebook
         if c != codebook.shape[1]:
             raise ValueError(f"latent has {c} channels, the codebook {codebook.shape[1]}")
         z_flat = z.permute(0, 2, 3, 1).reshape(n, h * w, c)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from model_export.bench import BenchConfig, PeakRss, format_table, measure_backends
-from model_export.variants import BASELINE, make_variant
+from model_export.variants import BASELINE, CPU_VARIANTS, CUDA_VARIANTS, make_variant
 from rsd_cli import export as export_cli
 from tests.model_export.conftest import TILE
 
@@ -106,3 +106,20 @@ def test_bench_batches_must_be_positive() -> None:
     export_cli.add_parsers(parser.add_subparsers(dest="command", required=True))
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--model", "m", "--batches", "1,0"])
+
+
+def test_fast_torch_variants_build_by_name(tiny_dir: Path) -> None:
+    runner = make_variant("torch-bf16-cast", tiny_dir, TILE, "cpu", None)
+    assert getattr(runner, "cast", False) and runner.name == "torch-bf16-cast"
+    runner.close()
+    for name in ("torch-fp16-graphs", "torch-bf16-compile-graphs"):  # CUDA graph variants need CUDA
+        with pytest.raises(ValueError, match="needs a CUDA device; got 'cpu'"):
+            make_variant(name, tiny_dir, TILE, "cpu", None)
+    with pytest.raises(ValueError, match=r"torch-\{bf16,fp16\}-cast"):
+        make_variant("torch-fp32-cast", tiny_dir, TILE, "cpu", None)
+
+
+def test_bench_default_variants_follow_the_device() -> None:
+    assert all("graphs" not in name and "cast" not in name for name in CPU_VARIANTS)
+    assert {"torch-fp16-cast", "torch-bf16-cast", "torch-fp16-graphs", "torch-bf16-graphs"} <= set(CUDA_VARIANTS)
+    assert "torch-fp16-compile-graphs" in CUDA_VARIANTS and BASELINE in CUDA_VARIANTS
