@@ -185,6 +185,7 @@ class LocalStack:
         self.api_ports: list[int] = []
         self.worker_ports: list[int] = []
         self.url = ""
+        self.redis_url = ""
 
     def _spawn(self, args: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
@@ -206,7 +207,8 @@ class LocalStack:
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
         redis_port = free_port()
         self._spawn(redis_server_command(redis_port, self.workdir), dict(os.environ), "redis")
-        env = self._env(f"redis://127.0.0.1:{redis_port}/0")
+        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        env = self._env(self.redis_url)
         workers = []
         for i in range(self.n_workers):
             port = free_port()
