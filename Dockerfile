@@ -72,8 +72,13 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
+# Where pip reaches no index (a sandbox), a wheel directory mounted into the build replaces them
+# (docs/deployment.md "Without Docker: podman"):
+#   podman build -v "$WHEELS:/wheels:ro" --build-arg PIP_SOURCE="--no-index --find-links /wheels" ...
+ARG PIP_SOURCE=""
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # torch alone first: the largest layer, kept across source changes
-RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+RUN pip install ${PIP_SOURCE:---index-url $TORCH_INDEX} torch==2.13.0
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY rsd ./rsd
@@ -82,7 +87,7 @@ COPY service ./service
 COPY training ./training
 COPY model_export ./model_export
 # the pin keeps the installed 2.13.0+cpu wheel (a bare `torch` requirement could pull a CUDA build)
-RUN pip install ".[serve]" torch==2.13.0
+RUN pip install $PIP_SOURCE ".[serve]" torch==2.13.0
 
 FROM ${PYTHON_IMAGE} AS cpu
 ENV PATH=/opt/venv/bin:$PATH \
