@@ -86,7 +86,9 @@ def test_torch_is_pinned_like_the_makefile_and_the_cpu_image_uses_the_cpu_wheel(
         project = [run for run in installs if re.search(r"""["']?\.\[""", run)]
         assert project, f"{target}: the project itself is not installed"
         if target == "cpu":
-            assert any("download.pytorch.org/whl/cpu" in run and "torch==" in run for run in installs)
+            index = re.search(r"^ARG TORCH_INDEX=(\S+)", DOCKERFILE.read_text(), flags=re.M)
+            assert index is not None and index.group(1) == "https://download.pytorch.org/whl/cpu"
+            assert any("--index-url $TORCH_INDEX" in run and "torch==" in run for run in installs)
             assert any(".[serve]" in run for run in project)
         else:
             assert any(".[serve,tensorrt]" in run and "onnxruntime-gpu" in run for run in project), project
