@@ -1,6 +1,10 @@
 """Serving overhead benchmark: HTTP + queue + batching vs the same backend called directly.
 
     .venv/bin/python bench/serve_bench.py [--model DIR] [--tile 32] [--batch 4] [--window 20] [--rounds 3]
+    .venv/bin/python bench/serve_bench.py --simulated-device-ms-per-tile 3 --uploads photos
+
+The second form measures the worker's device busy fraction on a simulated device instead
+(bench/device_sim.py: the pipelined worker against the serial one, in one run).
 
 1. Direct: this process loads the model and runs the work the service does per image (decode, cut into
    tiles, run the tiles in batches of `--batch` across images, blend, encode) as fast as it can.
@@ -225,7 +229,20 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch threads, here and in the server")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    busy = parser.add_argument_group("device busy fraction, simulated device (bench/device_sim.py)")
+    busy.add_argument("--simulated-device-ms-per-tile", type=float, default=None, help="run the busy-fraction bench")
+    busy.add_argument("--uploads", choices=["photos"], default="photos", help="JPEG photos 256-1024 px")
+    busy.add_argument("--busy-rounds", type=int, default=3, help="alternating new/old windows")
+    busy.add_argument("--busy-window", type=float, default=20.0, help="measured seconds per window")
+    busy.add_argument("--busy-warmup", type=float, default=5.0, help="saturated seconds before each window")
     args = parser.parse_args()
+    if args.simulated_device_ms_per_tile is not None:
+        from device_sim import run_busy_bench  # bench/ is this script's folder, first on sys.path
+
+        run_busy_bench(
+            args.simulated_device_ms_per_tile, args.busy_rounds, args.busy_window, args.busy_warmup, args.out
+        )
+        return
     if not (args.model / "spec.json").is_file():
         raise SystemExit(f"{args.model}: no model artifact (make tiny-model, or pass --model DIR)")
     if args.threads is not None:

@@ -8,12 +8,15 @@ reference rule (method.md 5.2), and the x`scale` outputs are blended back with e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 BlendMode = Literal["smooth", "uniform"]
+#: elements per band of to_uint8 (~1 MB of float32: cache-sized, few Python-level steps)
+_BAND_ELEMENTS = 1 << 18
 
 
 def to_model_range(rgb: np.ndarray) -> np.ndarray:
@@ -32,11 +35,27 @@ def to_uint8(chw: np.ndarray) -> np.ndarray:
     """
     if chw.ndim != 3 or chw.shape[0] != 3 or not np.issubdtype(chw.dtype, np.floating):
         raise ValueError(f"chw must be (3, H, W) float, got {chw.shape} {chw.dtype}")
-    bad = int(np.count_nonzero(~np.isfinite(chw)))
+    height, width = chw.shape[1:]
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    # Row bands with in-place steps: the same element-wise float32 operations in the same order as on
+    # the whole array (so the same bytes), without five full-size temporaries (serving.md "Worker loop").
+    band = max(1, _BAND_ELEMENTS // max(1, 3 * width))
+    bad = 0
+    for top in range(0, height, band):
+        x = chw[:, top : top + band].astype(np.float32)
+        finite = np.isfinite(x)
+        bad += x.size - int(np.count_nonzero(finite))
+        if bad:
+            continue
+        np.clip(x, -1.0, 1.0, out=x)
+        x *= np.float32(0.5)
+        x += np.float32(0.5)
+        x *= np.float32(255.0)
+        np.round(x, out=x)
+        out[top : top + band] = x.transpose(1, 2, 0)
     if bad:
         raise ValueError(f"chw has {bad} non-finite values (NaN or inf)")
-    x = np.clip(chw.astype(np.float32), -1.0, 1.0) * np.float32(0.5) + np.float32(0.5)
-    return np.round(x * np.float32(255.0)).astype(np.uint8).transpose(1, 2, 0).copy()
+    return out
 
 
 def pad_to(chw: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -171,17 +190,33 @@ def _axis_weights(starts: list[int], tile: int, scale: int) -> list[np.ndarray]:
     return vectors
 
 
-def tile_weights(grid: TileGrid, scale: int, mode: BlendMode = "smooth") -> np.ndarray:
-    """(N, scale*tile, scale*tile) float32 blending weight of each tile (before normalisation)."""
+def _weight_table(grid: TileGrid, scale: int, mode: BlendMode) -> Callable[[int, int], np.ndarray]:
+    """weight(y, x): the (scale*tile, scale*tile) float32 weight of the tile at (y, x), shared between
+    tiles with the same weight (interior tiles all have the same one)."""
     size = grid.tile * scale
     if mode == "uniform":  # the reference: plain sum / count (method.md 5.2)
-        return np.ones((len(grid.positions), size, size), dtype=np.float32)
+        ones = np.ones((size, size), dtype=np.float32)
+        return lambda y, x: ones
     if mode != "smooth":
         raise ValueError(f"mode must be 'smooth' or 'uniform', got {mode!r}")
     rows, cols = grid.row_starts, grid.col_starts
     wy = dict(zip(rows, _axis_weights(rows, grid.tile, scale), strict=True))
     wx = dict(zip(cols, _axis_weights(cols, grid.tile, scale), strict=True))
-    return np.stack([np.outer(wy[y], wx[x]) for y, x in grid.positions]).astype(np.float32)
+    shapes: dict[tuple[bytes, bytes], np.ndarray] = {}
+
+    def weight(y: int, x: int) -> np.ndarray:
+        key = (wy[y].tobytes(), wx[x].tobytes())
+        if key not in shapes:
+            shapes[key] = np.outer(wy[y], wx[x]).astype(np.float32)
+        return shapes[key]
+
+    return weight
+
+
+def tile_weights(grid: TileGrid, scale: int, mode: BlendMode = "smooth") -> np.ndarray:
+    """(N, scale*tile, scale*tile) float32 blending weight of each tile (before normalisation)."""
+    weight = _weight_table(grid, scale, mode)
+    return np.stack([weight(y, x) for y, x in grid.positions])
 
 
 def blend_tiles(sr_tiles: np.ndarray, grid: TileGrid, scale: int, mode: BlendMode = "smooth") -> np.ndarray:
@@ -190,6 +225,7 @@ def blend_tiles(sr_tiles: np.ndarray, grid: TileGrid, scale: int, mode: BlendMod
     Weighted sum over the padded canvas divided by the weight sum, cropped to the original size times
     scale. "smooth" feathers overlaps (an improvement over the reference); "uniform" is the reference's
     average, kept for parity runs (method.md 5.2). A lone tile comes back unchanged in both modes.
+    The result may be a view into a larger canvas.
     """
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive int, got {scale!r}")
@@ -197,13 +233,20 @@ def blend_tiles(sr_tiles: np.ndarray, grid: TileGrid, scale: int, mode: BlendMod
     expected = (len(grid.positions), 3, size, size)
     if sr_tiles.shape != expected:
         raise ValueError(f"sr_tiles shape {sr_tiles.shape} != {expected} for this grid at x{scale}")
-    weights = tile_weights(grid, scale, mode)
+    weight = _weight_table(grid, scale, mode)
     height, width = grid.padded_hw[0] * scale, grid.padded_hw[1] * scale
     canvas = np.zeros((3, height, width), dtype=np.float32)
     total = np.zeros((height, width), dtype=np.float32)
-    for (y, x), tile, weight in zip(grid.positions, sr_tiles, weights, strict=True):
+    # One product buffer reused for every tile: the same arithmetic as `canvas += tile * weight`
+    # (the buffer has that product's dtype), without a fresh temporary per tile.
+    product = np.empty((3, size, size), dtype=np.result_type(sr_tiles.dtype, np.float32))
+    for (y, x), tile in zip(grid.positions, sr_tiles, strict=True):
         rows, cols = slice(y * scale, y * scale + size), slice(x * scale, x * scale + size)
-        canvas[:, rows, cols] += tile * weight
-        total[rows, cols] += weight
+        w = weight(y, x)
+        np.multiply(tile, w, out=product)
+        canvas[:, rows, cols] += product
+        total[rows, cols] += w
     out_h, out_w = grid.image_hw[0] * scale, grid.image_hw[1] * scale
-    return canvas[:, :out_h, :out_w] / total[:out_h, :out_w]
+    image = canvas[:, :out_h, :out_w]
+    np.divide(image, total[:out_h, :out_w], out=image)
+    return image

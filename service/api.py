@@ -2,8 +2,8 @@
 
 The API process imports no torch and no model code (import-linter contract): it validates uploads
 with rsd.imagefile, prices them in tiles with rsd.imageops, and hands them to a queue. With
-`REDIS_URL` set it talks to Redis Streams; the embedded mode (`rsd serve` without Redis) is composed in
-`service.main`, which passes an in-process queue and a worker thread in.
+`REDIS_URL` set it talks to Redis Streams; the embedded mode (`rsd serve` without Redis) passes an
+in-process queue and a worker thread in. Both are composed in `service.main`.
 
 Routes live on the module-level `router`; `create_app` includes it and puts the per-app state
 (settings, model spec, queue) on `app.state`, where the dependencies find it. The request parameters
@@ -74,7 +74,7 @@ EVENTS_POLL_S = 0.25
 
 
 class BackgroundWorker(Protocol):
-    """The embedded worker thread (service.worker.WorkerThread) as the app sees it."""
+    """The embedded worker thread (service.embedded.WorkerThread) as the app sees it."""
 
     def start(self) -> None: ...
 
@@ -91,16 +91,8 @@ class AppState:
         self.limits: ImageLimits = image_limits(settings, spec.scale)
 
 
-def create_app(
-    settings: ServiceSettings, queue: ApiQueue | None = None, worker: BackgroundWorker | None = None
-) -> FastAPI:
-    """The app for one API process. `queue` defaults to Redis Streams (settings.redis_url required)."""
-    if queue is None:
-        if settings.redis_url is None:
-            raise ValueError("no queue given and REDIS_URL unset: use service.main.build_app for embedded mode")
-        from service.queue.redis import RedisApiQueue
-
-        queue = RedisApiQueue(settings)
+def create_app(settings: ServiceSettings, queue: ApiQueue, worker: BackgroundWorker | None = None) -> FastAPI:
+    """The app for one API process on `queue` (built by the composition root, service.main)."""
     api_queue = queue
 
     @contextlib.asynccontextmanager

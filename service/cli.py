@@ -66,7 +66,7 @@ def worker_command(args: argparse.Namespace) -> int:
     _export(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from service.settings import ServiceSettings
-    from service.worker import run_worker
+    from service.worker_process import run_worker
 
     if args.metrics_port is not None:  # without a port the worker is exported by its directory's owner
         from service import metrics

@@ -1,32 +1,36 @@
-"""Composition roots: the app for uvicorn and the worker process (serving.md "Queue").
+"""The composition root (serving.md "Queue: one interface, two transports"): every transport, the app
+and the embedded worker are built here from the settings, and nowhere else.
 
-`build_app(settings)`: with REDIS_URL, an API replica (no torch); without, the embedded mode: an
-in-process queue and a worker thread that loads the model inside this process. The model code is
-imported only inside the embedded branch, so an API replica never loads torch.
+- `inprocess_queue(settings)`: the embedded mode's queue (API and worker thread in one process).
+- `redis_api_queue(settings)`: an API replica's side of Redis Streams (asyncio, no torch).
+- `redis_worker_queue(settings)`: a worker process's side (blocking; service.worker_process uses it).
+- `build_app(settings)`: with REDIS_URL an API replica, without it the embedded mode. The model code is
+  imported only inside the embedded branch, so an API replica never loads torch.
+
 `uvicorn --factory service.main:app_from_env` builds the app from the environment in each process.
-The worker process's entry point is `service.worker.run_worker`.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
-
-from service.api import create_app
-from service.queue.inprocess import InProcessQueue
 from service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from service.queue.inprocess import InProcessQueue
+    from service.queue.redis import RedisApiQueue
+    from service.queue.redis_worker import RedisWorkerQueue
 
 log = logging.getLogger(__name__)
 
 
-def build_app(settings: ServiceSettings | None = None) -> FastAPI:
-    settings = settings or ServiceSettings()
-    if settings.redis_url is not None:
-        return create_app(settings)
-    from service.worker import WorkerThread, load_model
+def inprocess_queue(settings: ServiceSettings) -> InProcessQueue:
+    from service.queue.inprocess import InProcessQueue
 
-    queue = InProcessQueue(
+    return InProcessQueue(
         max_backlog_tiles=settings.max_backlog_tiles,
         assumed_tiles_per_s=settings.assumed_tiles_per_s,
         result_ttl_s=settings.result_ttl_s,
@@ -35,6 +39,32 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         result_store_bytes=settings.result_store_bytes,
         sweep_interval_s=settings.result_sweep_s,
     )
+
+
+def redis_api_queue(settings: ServiceSettings) -> RedisApiQueue:
+    from service.queue.redis import RedisApiQueue
+
+    return RedisApiQueue(settings)
+
+
+def redis_worker_queue(settings: ServiceSettings) -> RedisWorkerQueue:
+    from service.queue.redis_worker import RedisWorkerQueue
+
+    if settings.redis_url is None:
+        raise ValueError("rsd worker needs REDIS_URL (the embedded mode runs its worker inside `rsd serve`)")
+    return RedisWorkerQueue(settings)
+
+
+def build_app(settings: ServiceSettings | None = None) -> FastAPI:
+    from service.api import create_app
+
+    settings = settings or ServiceSettings()
+    if settings.redis_url is not None:
+        return create_app(settings, redis_api_queue(settings))
+    from service.embedded import WorkerThread
+    from service.model_loading import load_model
+
+    queue = inprocess_queue(settings)
     return create_app(settings, queue, WorkerThread(lambda: load_model(settings), queue, settings))
 
 

@@ -74,6 +74,11 @@ class ServiceSettings(BaseSettings):
     max_batch_delay_s: float = Field(default=0.01, ge=0)
     claim_max_jobs: int = Field(default=8, gt=0)
     claim_block_s: float = Field(default=0.5, gt=0)
+    #: the pipelined worker (service.worker): decode, device and encode overlap; false runs them in series
+    worker_pipeline: bool = True
+    #: threads that decode and tile claimed uploads, and threads that blend, encode and publish results
+    intake_threads: int = Field(default=1, gt=0)
+    finish_threads: int = Field(default=2, gt=0)
 
     # --- Redis reliability (serving.md "Failure" table) ---
     lease_s: float = Field(default=30.0, gt=0)

@@ -1,24 +1,40 @@
-"""The model worker: owns the Upscaler, nothing else (architecture.md invariant 5; serving.md "Worker loop").
+"""The model worker's loop: host work beside device work (serving.md "Worker loop"; architecture.md invariant 5).
 
-Loop: claim up to k live jobs; decode and cut each into tiles (rsd.pipeline.prepare_image); let the
-pure batching policy pick the next batch of tiles across jobs; run it; when a job has all its tiles,
-blend (finish_image), encode and complete it. Batching never changes a result: a tile's output depends
-only on its pixels and its seed.
+Stages, each on its own threads, joined by bounded hand-offs:
 
-Out of memory (or any error in a batch): the batch is split in halves and retried, so a bad tile fails
-its own job only; after an out-of-memory the batch cap stays halved. SIGTERM: stop claiming, finish the
-jobs in hand, exit. A keeper thread heartbeats (readiness, throughput for Retry-After) and, in Redis
-mode, refreshes the leases of the jobs in hand, whatever the length of a batch.
+    claimer (1 thread)   claims up to the free room (claim_max_jobs) whenever there is room
+    intake pool          decodes, plans the tiles, derives the seeds
+    scheduler (run())    owns the jobs' bookkeeping; picks the next batch (service.batching), checks
+                         its jobs are still live, assembles its tiles and stages it: one batch waits
+                         beside the running one, so the device never waits for the host
+    device (1 thread)    owns the Upscaler: runs the staged batch (out of memory: halves, below)
+    finish pool          blends, encodes and publishes a job once all its tiles are back
+
+Only the scheduler thread touches a job's bookkeeping; the other stages post closures to its event
+queue (one owner of the state). The room counts every job from its claim to its publication, so the
+memory held is bounded and the keeper (service.keeper) refreshes the lease of every job in hand.
+Pillow's encoders, zlib and numpy's large loops release the GIL, and the device thread waits in the
+backend (a CUDA launch, a torch CPU kernel, a sleep), so plain threads overlap the stages.
+
+`pipeline=False` (RSD_WORKER_PIPELINE=false) runs every stage inline in one thread, in series: the
+worker this one replaced, kept as the benchmarks' baseline and for debugging.
+
+Batching never changes a result: a tile's output depends only on its pixels and its seed (the fixed
+batch of rsd.pipeline.run_tiles). Out of memory (or any error in a batch): the batch is split in
+halves and retried, so a bad tile fails its own job only; after an out-of-memory the batch cap stays
+halved. Stop (SIGTERM): the claimer stops, the jobs in hand finish, run() returns.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
+import queue as stdqueue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -37,6 +53,9 @@ if TYPE_CHECKING:  # the worker runs any Upscaler; importing the ABC would impor
 
 log = logging.getLogger(__name__)
 
+#: how long the scheduler sleeps when it has nothing to do and nothing can wake it sooner
+IDLE_WAIT_S = 0.05
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """MemoryError, torch.cuda.OutOfMemoryError (a RuntimeError subclass) and backends' OOM messages."""
@@ -45,17 +64,52 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 @dataclass
 class _Active:
-    """A job in hand: its decoded image, its tiles and the outputs computed so far."""
+    """A job between intake and finish: its decoded image, its tiles and the outputs computed so far."""
 
     job: ClaimedJob
     decoded: DecodedImage
     prepared: PreparedImage
     ready_at: float
+    queue_s: float
     outputs: list[np.ndarray | None] = field(default_factory=list)
     batched: int = 0
     computed: int = 0
     compute_s: float = 0.0
-    queue_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """An assembled batch: which tile of which job each row is, the tiles and their seeds."""
+
+    take: tuple[BatchSlice, ...]
+    owners: list[tuple[str, int]]
+    tiles: np.ndarray
+    seeds: list[int]
+
+
+def _logged(task: Callable[[], None]) -> None:
+    """A pool task: an exception is logged (a pool would keep it in a future nobody reads)."""
+    try:
+        task()
+    except Exception:
+        log.exception("worker stage task failed")
+
+
+class _Stage:
+    """A pool of `threads` threads, or inline calls with `threads=0` (the serial worker)."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name) if threads > 0 else None
+
+    def submit(self, task: Callable[[], None]) -> None:
+        if self._pool is None:
+            task()
+        else:
+            self._pool.submit(_logged, task)
+
+    def shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 class Worker:
@@ -65,13 +119,22 @@ class Worker:
         self.queue = queue
         self.upscaler = upscaler
         self.settings = settings
+        self.pipeline = settings.worker_pipeline
         self.batch_cap = settings.max_batch_tiles
         self.fixed_batch = settings.fixed_batch
         self.tiles_per_s = 0.0
         self.ready = False
         self._limits = image_limits(settings, upscaler.spec.scale)
+        # jobs from claim to publication (the room, the keeper's leases); any thread, under the condition
+        self._hand: dict[str, ClaimedJob] = {}
+        self._room = threading.Condition()
+        # scheduler-thread state
         self._active: dict[str, _Active] = {}
-        self._lock = threading.Lock()
+        self._events: stdqueue.SimpleQueue[Callable[[], None]] = stdqueue.SimpleQueue()
+        self._staged: stdqueue.Queue[_Batch | None] = stdqueue.Queue(maxsize=1)
+        threads = 1 if self.pipeline else 0
+        self._intake = _Stage("rsd-intake", threads * settings.intake_threads)
+        self._finishing = _Stage("rsd-finish", threads * settings.finish_threads)
 
     # ------------------------------------------------------------------ lifecycle
     def warm_up(self) -> None:
@@ -88,16 +151,30 @@ class Worker:
         self.beat()
 
     def run(self, stop: threading.Event) -> None:
-        while not (stop.is_set() and not self._active):
-            try:
-                self.step(stop.is_set())
-            except Exception:  # the queue backend failed (Redis down): keep the process, retry
-                log.exception("worker step failed; retrying in 1 s")
-                stop.wait(1.0)
+        if not self.pipeline:
+            self._run_serial(stop)
+            return
+        claimer = threading.Thread(target=self._claim_loop, args=(stop,), name="rsd-claimer", daemon=True)
+        device = threading.Thread(target=self._device_loop, name="rsd-device", daemon=True)
+        claimer.start()
+        device.start()
+        try:
+            while not (stop.is_set() and not claimer.is_alive() and not self.in_hand()):
+                try:
+                    self._schedule(stopping=stop.is_set())
+                except Exception:  # the queue backend failed (Redis down): keep the process, retry
+                    log.exception("worker scheduling failed; retrying in 1 s")
+                    stop.wait(1.0)
+        finally:
+            self._staged.put(None)
+            device.join()
+            claimer.join()
+            self._intake.shutdown()
+            self._finishing.shutdown()
 
     def in_hand(self) -> list[ClaimedJob]:
-        with self._lock:
-            return [active.job for active in self._active.values()]
+        with self._room:
+            return list(self._hand.values())
 
     def beat(self) -> None:
         """Tell the queue this worker is alive (and ready, and how fast); never raises."""
@@ -106,26 +183,38 @@ class Worker:
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
 
-    # ------------------------------------------------------------------ one iteration
-    def step(self, stopping: bool) -> None:
-        settings = self.settings
-        pending = [
-            PendingTiles(job_id, a.batched, len(a.prepared.seeds), a.ready_at, a.job.params.tile)
-            for job_id, a in self._active.items()
-        ]
-        delay = 0.0 if stopping else settings.max_batch_delay_s
-        decision = next_batch(pending, self.batch_cap, delay, time.monotonic())
-        room = settings.claim_max_jobs - len(self._active)
-        if not decision.take and not stopping and room > 0:
-            wait = decision.wait_s if self._active else settings.claim_block_s
-            for job in self.queue.claim(room, wait):
-                self._admit(job)
-            return
-        if not decision.take:
-            decision = next_batch(pending, self.batch_cap, 0.0, time.monotonic())
-        if decision.take:
-            self._run_batch(decision.take)
+    # ------------------------------------------------------------------ claiming (room)
+    def _free_room(self) -> int:
+        with self._room:
+            return self.settings.claim_max_jobs - len(self._hand)
 
+    def _claim(self, room: int, wait_s: float) -> None:
+        jobs = self.queue.claim(room, wait_s)
+        with self._room:
+            self._hand.update((job.id, job) for job in jobs)
+        for job in jobs:
+            self._intake.submit(partial(self._admit, job))
+
+    def _release(self, job_id: str) -> None:
+        with self._room:
+            self._hand.pop(job_id, None)
+            self._room.notify_all()
+
+    def _claim_loop(self, stop: threading.Event) -> None:
+        """Claims whenever there is room, also while batches run (fairness: serving.md "Worker loop")."""
+        while not stop.is_set():
+            with self._room:
+                self._room.wait_for(lambda: len(self._hand) < self.settings.claim_max_jobs, timeout=IDLE_WAIT_S)
+            room = self._free_room()
+            if room <= 0:
+                continue
+            try:
+                self._claim(room, self.settings.claim_block_s)
+            except Exception:
+                log.exception("claiming failed; retrying in 1 s")
+                stop.wait(1.0)
+
+    # ------------------------------------------------------------------ intake (pool)
     def _admit(self, job: ClaimedJob) -> None:
         """Decode and tile a claimed job; input errors fail that job only."""
         params = job.params
@@ -135,25 +224,92 @@ class Worker:
                 decoded.rgb, params.seed, params.tile, params.overlap, self.upscaler.spec.lr_multiple
             )
         except ImageError as exc:
-            self.queue.fail(job, exc.code, str(exc))
+            self._end(job, partial(self.queue.fail, job, exc.code, str(exc)))
             return
-        except ValueError as exc:
-            self.queue.fail(job, "invalid_job", str(exc))
+        except Exception as exc:  # ValueError from the tile plan; anything else must not strand the job
+            self._end(job, partial(self.queue.fail, job, "invalid_job", f"the image cannot be prepared: {exc}"))
             return
         active = _Active(job, decoded, prepared, time.monotonic(), queue_s=max(0.0, time.time() - job.created))
         active.outputs = [None] * len(prepared.seeds)
-        with self._lock:
-            self._active[job.id] = active
+        self._post(partial(self._add, active))
 
-    def _drop(self, job_id: str) -> None:
-        with self._lock:
-            self._active.pop(job_id, None)
+    def _end(self, job: ClaimedJob, publish: Callable[[], object]) -> None:
+        """Publish a job's end (complete or fail) and free its room, whatever the transport says."""
+        try:
+            publish()
+        except Exception:
+            log.exception("job %s: its end could not be published (it is redelivered after its lease)", job.id)
+        finally:
+            self._release(job.id)
 
-    def _run_batch(self, take: Sequence[BatchSlice]) -> None:
+    # ------------------------------------------------------------------ scheduler (one thread)
+    def _post(self, event: Callable[[], None]) -> None:
+        if self.pipeline:
+            self._events.put(event)
+        else:
+            event()
+
+    def _run_events(self, wait_s: float) -> None:
+        """Run the posted events, waiting up to `wait_s` for the first."""
+        try:
+            event = self._events.get(timeout=wait_s) if wait_s > 0 else self._events.get_nowait()
+        except stdqueue.Empty:
+            return
+        event()
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except stdqueue.Empty:
+                return
+            event()
+
+    def _add(self, active: _Active) -> None:
+        self._active[active.job.id] = active
+
+    def _decide(self, stopping: bool) -> tuple[tuple[BatchSlice, ...], float]:
+        pending = [
+            PendingTiles(job_id, a.batched, len(a.prepared.seeds), a.ready_at, a.job.params.tile)
+            for job_id, a in self._active.items()
+        ]
+        delay = 0.0 if stopping else self.settings.max_batch_delay_s
+        decision = next_batch(pending, self.batch_cap, delay, time.monotonic())
+        return decision.take, decision.wait_s
+
+    def _schedule(self, stopping: bool) -> None:
+        """One scheduler turn: run events; stage a batch if the device has room for one, else wait."""
+        self._run_events(0.0)
+        if self._staged.full():
+            self._run_events(IDLE_WAIT_S)  # the device posts an event when it takes the staged batch
+            return
+        take, wait_s = self._decide(stopping)
+        if take:
+            self._stage(take)
+        else:
+            self._run_events(wait_s if self._active else IDLE_WAIT_S)
+
+    def _run_serial(self, stop: threading.Event) -> None:
+        """The serial worker: claim only when no batch is ready, then decode, run and finish in series."""
+        while not (stop.is_set() and not self.in_hand()):
+            try:
+                take, wait_s = self._decide(stop.is_set())
+                room = self._free_room()
+                if not take and not stop.is_set() and room > 0:
+                    self._claim(room, wait_s if self._active else self.settings.claim_block_s)
+                    continue
+                take = take or self._decide(stopping=True)[0]
+                if take:
+                    self._stage(take)
+            except Exception:
+                log.exception("worker step failed; retrying in 1 s")
+                stop.wait(1.0)
+
+    def _stage(self, take: Sequence[BatchSlice]) -> None:
+        """Drop jobs that are no longer live, assemble the batch and hand it to the device."""
         live = self.queue.live([self._active[s.job_id].job for s in take])
         for job_id in {s.job_id for s in take} - live:
-            self._drop(job_id)  # expired or cancelled: never computed
-        take = [s for s in take if s.job_id in live]
+            self._active.pop(job_id)  # expired or cancelled: never computed; the queue has ended it
+            self._release(job_id)
+        take = tuple(s for s in take if s.job_id in live)
         if not take:
             return
         owners = [(s.job_id, i) for s in take for i in range(s.start, s.stop)]
@@ -161,29 +317,59 @@ class Worker:
         seeds = [self._active[job_id].prepared.seeds[i] for job_id, i in owners]
         for s in take:
             self._active[s.job_id].batched = s.stop
-        started = time.perf_counter()
-        outputs = self._run_split(tiles, seeds)
-        elapsed = time.perf_counter() - started
-        self._account(len(owners), elapsed)
+        batch = _Batch(take, owners, tiles, seeds)
+        if self.pipeline:
+            self._staged.put(batch)
+        else:
+            self._computed(batch, *self._compute(batch))
+
+    def _computed(self, batch: _Batch, outputs: list[np.ndarray | BaseException], elapsed: float) -> None:
+        """A batch is back: store its outputs, report progress, finish or fail the jobs it completes.
+
+        A job that ended while the batch ran (expired, cancelled or failed on an earlier batch) is gone
+        from the bookkeeping: its outputs are dropped."""
         failed: dict[str, BaseException] = {}
-        for (job_id, index), output in zip(owners, outputs, strict=True):
+        for (job_id, index), output in zip(batch.owners, outputs, strict=True):
+            active = self._active.get(job_id)
+            if active is None:
+                continue
             if isinstance(output, BaseException):
                 failed.setdefault(job_id, output)
                 continue
-            active = self._active[job_id]
             active.outputs[index] = output
             active.computed += 1
-        for s in take:
-            self._active[s.job_id].compute_s += elapsed
-            done, total = self._active[s.job_id].computed, len(self._active[s.job_id].outputs)
-            self.queue.report_progress(s.job_id, done, total, (total - done) / max(self.tiles_per_s, 1e-6))
-        for job_id, exc in failed.items():
-            self.queue.fail(self._active[job_id].job, "compute_failed", f"the model failed on a tile: {exc}")
-            self._drop(job_id)
-        for job_id in {s.job_id for s in take} - failed.keys():
-            active = self._active[job_id]
-            if active.computed == len(active.outputs):
-                self._finish(active)
+        for s in batch.take:
+            if s.job_id not in self._active or s.job_id in failed:
+                continue
+            active = self._active[s.job_id]
+            active.compute_s += elapsed
+            done, total = active.computed, len(active.outputs)
+            try:
+                self.queue.report_progress(s.job_id, done, total, (total - done) / max(self.tiles_per_s, 1e-6))
+            except Exception as exc:  # progress is advisory: never lose a job over it
+                log.warning("progress of job %s not published: %s", s.job_id, exc)
+        for job_id, error in failed.items():
+            job = self._active.pop(job_id).job
+            message = f"the model failed on a tile: {error}"
+            self._finishing.submit(partial(self._end, job, partial(self.queue.fail, job, "compute_failed", message)))
+        for job_id in {s.job_id for s in batch.take} - failed.keys():
+            active = self._active.get(job_id)
+            if active is not None and active.computed == len(active.outputs):
+                self._finishing.submit(partial(self._finish, self._active.pop(job_id)))
+
+    # ------------------------------------------------------------------ device (one thread)
+    def _device_loop(self) -> None:
+        while (batch := self._staged.get()) is not None:
+            self._post(lambda: None)  # wake the scheduler: there is room to stage the next batch
+            outputs, elapsed = self._compute(batch)
+            self._post(partial(self._computed, batch, outputs, elapsed))
+
+    def _compute(self, batch: _Batch) -> tuple[list[np.ndarray | BaseException], float]:
+        started = time.perf_counter()
+        outputs = self._run_split(batch.tiles, batch.seeds)
+        elapsed = time.perf_counter() - started
+        self._account(len(batch.seeds), elapsed)
+        return outputs, elapsed
 
     def _run_split(self, tiles: np.ndarray, seeds: list[int]) -> list[np.ndarray | BaseException]:
         """Run a batch; on failure retry its halves (OOM: serving.md), down to single tiles."""
@@ -207,16 +393,16 @@ class Worker:
         rate = n_tiles / max(elapsed, 1e-6)
         self.tiles_per_s = rate if self.tiles_per_s == 0 else 0.8 * self.tiles_per_s + 0.2 * rate
 
+    # ------------------------------------------------------------------ finish (pool)
     def _finish(self, active: _Active) -> None:
         job = active.job
-        self._drop(job.id)
         try:
             sr_rgb = finish_image(np.stack(active.outputs), active.prepared, self.upscaler.spec.scale)  # type: ignore[arg-type]
             started = time.perf_counter()
             data = encode_image(sr_rgb, active.decoded, job.params.format, job.params.quality)
             encode_s = time.perf_counter() - started
-        except (ValueError, OSError) as exc:
-            self.queue.fail(job, "encode_failed", f"the result cannot be encoded: {exc}")
+        except Exception as exc:  # ValueError/OSError from the encoder; anything else must not strand the job
+            self._end(job, partial(self.queue.fail, job, "encode_failed", f"the result cannot be encoded: {exc}"))
             return
         result = JobResult(
             data=data,
@@ -227,132 +413,8 @@ class Worker:
             compute_s=active.compute_s,
             encode_s=encode_s,
         )
+        self._end(job, partial(self._publish, job, result))
+
+    def _publish(self, job: ClaimedJob, result: JobResult) -> None:
         if not self.queue.complete(job, result):
             log.info("job %s had already ended; its duplicate result was discarded", job.id)
-
-
-class Keeper(threading.Thread):
-    """Heartbeats every `heartbeat_s` and, with a lease (Redis mode), refreshes the leases of the jobs
-    in hand every lease/3, from its own thread: a long batch must not look like a dead worker."""
-
-    def __init__(self, worker: Worker, heartbeat_s: float, lease_s: float | None) -> None:
-        super().__init__(name="rsd-worker-keeper", daemon=True)
-        self._worker = worker
-        self._heartbeat_s = heartbeat_s
-        self._refresh_s = None if lease_s is None else lease_s / 3
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        last_refresh = time.monotonic()
-        period = self._heartbeat_s if self._refresh_s is None else min(self._heartbeat_s, self._refresh_s)
-        while not self.halt.wait(period):
-            self._worker.beat()
-            if self._refresh_s is None or time.monotonic() - last_refresh < self._refresh_s:
-                continue
-            last_refresh = time.monotonic()
-            jobs = self._worker.in_hand()
-            if jobs:
-                try:
-                    self._worker.queue.keepalive(jobs)
-                except Exception as exc:
-                    log.warning("lease refresh failed: %s", exc)
-
-
-class WorkerThread:
-    """The embedded worker: loads the model in its own thread (the API answers /healthz meanwhile)."""
-
-    def __init__(self, load: Callable[[], Upscaler], queue: WorkerQueue, settings: ServiceSettings) -> None:
-        self._load = load
-        self._queue = queue
-        self._settings = settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._main, name="rsd-worker", daemon=True)
-        self.worker: Worker | None = None
-        self.error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _main(self) -> None:
-        try:
-            upscaler = self._load()
-        except Exception as exc:
-            self.error = exc
-            log.exception("the model could not be loaded")
-            return
-        keeper: Keeper | None = None
-        try:
-            self.worker = Worker(self._queue, upscaler, self._settings)
-            self.worker.warm_up()
-            keeper = Keeper(self.worker, self._settings.worker_heartbeat_s, lease_s=None)
-            keeper.start()
-            self.worker.run(self._stop)
-        except Exception as exc:
-            self.error = exc
-            log.exception("the embedded worker stopped")
-        finally:
-            if keeper is not None:
-                keeper.halt.set()
-            upscaler.close()
-
-    def stop(self, timeout_s: float) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
-
-
-def load_model(settings: ServiceSettings) -> Upscaler:
-    from rsd.backends import load_upscaler
-
-    if settings.torch_threads is not None and settings.backend == "torch":
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
-
-    log.info("loading %s (%s, %s, %s)", settings.model_dir, settings.backend, settings.device, settings.dtype)
-    return load_upscaler(settings.model_dir, settings.backend, settings.device, settings.dtype)
-
-
-def run_worker(settings: ServiceSettings, upscaler: Upscaler | None = None, metrics_port: int | None = None) -> None:
-    """A Redis Streams worker process until SIGTERM/SIGINT: stop claiming, finish the jobs in hand, exit."""
-    from service.queue.redis_worker import RedisWorkerQueue
-
-    if settings.redis_url is None:
-        raise ValueError("rsd worker needs REDIS_URL (the embedded mode runs its worker inside `rsd serve`)")
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    if metrics_port is not None:
-        metrics.serve_metrics(metrics_port)
-    queue = RedisWorkerQueue(
-        settings.redis_url,
-        consumer=settings.instance,
-        prefix=settings.redis_prefix,
-        lease_s=settings.lease_s,
-        max_attempts=settings.max_attempts,
-        result_ttl_s=settings.result_ttl_s,
-        timeout_s=settings.redis_timeout_s,
-        block_s=settings.claim_block_s,
-    )
-    while not stop.is_set():
-        try:
-            queue.prepare()
-            break
-        except Exception as exc:  # Redis not up yet: wait for it rather than crash-loop
-            log.warning("Redis not reachable (%s); retrying", exc)
-            stop.wait(1.0)
-    upscaler = upscaler or load_model(settings)
-    worker = Worker(queue, upscaler, settings)
-    keeper = Keeper(worker, settings.worker_heartbeat_s, settings.lease_s)
-    try:
-        worker.warm_up()
-        keeper.start()
-        log.info("worker %s ready", queue.consumer)
-        started = time.monotonic()
-        worker.run(stop)
-        log.info("worker %s stopping after %.0f s", queue.consumer, time.monotonic() - started)
-    finally:
-        keeper.halt.set()
-        queue.close()
-        upscaler.close()
-        metrics.mark_process_dead()

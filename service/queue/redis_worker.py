@@ -26,6 +26,7 @@ from service.queue import scripts
 from service.queue.base import WorkerQueue
 from service.queue.keys import GROUP, RedisKeys
 from service.queue.redis import eviction_warning
+from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +37,19 @@ PROGRESS_PERIOD_S = 0.25
 class RedisWorkerQueue(WorkerQueue):
     """Blocking client for one worker process; `keepalive` may be called from a second thread."""
 
-    def __init__(
-        self,
-        url: str,
-        consumer: str,
-        prefix: str = "rsd",
-        lease_s: float = 30.0,
-        max_attempts: int = 3,
-        result_ttl_s: int = 900,
-        timeout_s: float = 2.0,
-        block_s: float = 0.5,
-    ) -> None:
-        self.consumer = consumer
-        self._keys = RedisKeys(prefix)
-        self._lease_ms = int(lease_s * 1000)
-        self._max_attempts = max_attempts
-        self._result_ttl_s = result_ttl_s
+    def __init__(self, settings: ServiceSettings) -> None:
+        if settings.redis_url is None:
+            raise ValueError("RedisWorkerQueue needs settings.redis_url (REDIS_URL)")
+        self.consumer = settings.instance
+        self._keys = RedisKeys(settings.redis_prefix)
+        self._lease_ms = int(settings.lease_s * 1000)
+        self._max_attempts = settings.max_attempts
+        self._result_ttl_s = settings.result_ttl_s
         # a blocking XREADGROUP must not hit the socket timeout
         self._client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s + block_s,
-            socket_connect_timeout=timeout_s,
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s + settings.claim_block_s,
+            socket_connect_timeout=settings.redis_timeout_s,
             retry=Retry(ExponentialBackoff(cap=0.25, base=0.025), retries=2),  # see RedisApiQueue
         )
         self._start = self._client.register_script(scripts.START)

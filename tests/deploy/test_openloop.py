@@ -16,9 +16,9 @@ from PIL import Image
 
 from loadtests import openloop, report, servermetrics
 from service.api import create_app
+from service.embedded import WorkerThread
 from service.queue.inprocess import InProcessQueue
 from service.settings import ServiceSettings
-from service.worker import WorkerThread
 from tests.service.conftest import ThreadedServer
 from tests.service.fakes import FakeUpscaler, write_fake_model
 

@@ -191,3 +191,23 @@ def test_blend_validates_shapes() -> None:
 def test_light_modules_do_not_import_torch() -> None:
     code = "import sys, rsd.imagefile, rsd.imageops, rsd.noise; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.parametrize("mode", ["smooth", "uniform"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blend_and_to_uint8_equal_the_plain_formula_bit_for_bit(mode: str, dtype: type) -> None:
+    """The buffered blend and the banded to_uint8 give the bytes of the whole-array formula."""
+    grid = plan_tiles(70, 45, 32, 8, 16)
+    rng = np.random.default_rng(3)
+    sr = rng.uniform(-1.3, 1.3, (len(grid.positions), 3, 128, 128)).astype(dtype)
+    weights = tile_weights(grid, 4, mode)  # type: ignore[arg-type]
+    canvas = np.zeros((3, grid.padded_hw[0] * 4, grid.padded_hw[1] * 4), np.float32)
+    total = np.zeros(canvas.shape[1:], np.float32)
+    for (y, x), tile, weight in zip(grid.positions, sr, weights, strict=True):
+        canvas[:, 4 * y : 4 * y + 128, 4 * x : 4 * x + 128] += tile * weight
+        total[4 * y : 4 * y + 128, 4 * x : 4 * x + 128] += weight
+    plain = canvas[:, :280, :180] / total[:280, :180]
+    expected = np.round((np.clip(plain, -1.0, 1.0) * np.float32(0.5) + np.float32(0.5)) * np.float32(255.0))
+    blended = blend_tiles(sr, grid, 4, mode)  # type: ignore[arg-type]
+    assert np.array_equal(blended, plain)
+    assert np.array_equal(to_uint8(blended), expected.astype(np.uint8).transpose(1, 2, 0))

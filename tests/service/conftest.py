@@ -22,9 +22,9 @@ from fastapi.testclient import TestClient
 
 from loadtests.local_stack import REDIS_SERVER, free_port, redis_server_command, wait_http
 from service.api import create_app
+from service.embedded import WorkerThread
 from service.queue.inprocess import InProcessQueue
 from service.settings import ServiceSettings
-from service.worker import WorkerThread
 from tests.service.fakes import FakeUpscaler, write_fake_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +62,12 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, socket_timeout=5)
+
+
+def worker_settings(redis_url: str, **overrides: object) -> ServiceSettings:
+    """Settings of a worker-side Redis client in a test: short claim blocks."""
+    fields: dict[str, object] = {"redis_url": redis_url, "claim_block_s": 0.1, **overrides}
+    return ServiceSettings(**fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import argparse
 import logging
 
 from service.settings import ServiceSettings
-from service.worker import run_worker
+from service.worker_process import run_worker
 from tests.service.fakes import FakeUpscaler
 
 

@@ -259,9 +259,9 @@ def test_client_going_away_cancels_its_queued_job(fake_model: Path, tmp_path: Pa
     import httpx
 
     from service.api import create_app
+    from service.embedded import WorkerThread
     from service.queue.inprocess import InProcessQueue
     from service.settings import ServiceSettings
-    from service.worker import WorkerThread
     from tests.service.conftest import ThreadedServer
 
     gate, log = threading.Event(), tmp_path / "seeds.log"
@@ -317,9 +317,9 @@ def test_stays_ready_during_a_batch_longer_than_the_heartbeat_timeout(fake_model
     from fastapi.testclient import TestClient
 
     from service.api import create_app
+    from service.embedded import WorkerThread
     from service.queue.inprocess import InProcessQueue
     from service.settings import ServiceSettings
-    from service.worker import WorkerThread
 
     gate = threading.Event()
     settings = ServiceSettings(model_dir=fake_model, redis_url=None, worker_heartbeat_s=0.1)

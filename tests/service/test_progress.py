@@ -15,7 +15,7 @@ from service.jobs import Job, JobParams, JobStatus, new_job_id
 from service.queue.redis import RedisApiQueue
 from service.queue.redis_worker import PROGRESS_PERIOD_S, RedisWorkerQueue
 from service.settings import ServiceSettings
-from tests.service.conftest import RedisServer, embedded_client, wait_client_ready
+from tests.service.conftest import RedisServer, embedded_client, wait_client_ready, worker_settings
 from tests.service.fakes import FakeUpscaler, png_bytes
 
 pytestmark = pytest.mark.timeout(90)
@@ -84,7 +84,7 @@ def test_redis_progress_is_throttled_and_read_back(redis_server: RedisServer, fa
         params = JobParams(format="png", quality=90, seed=5, tile=32, overlap=8)
         job = Job(new_job_id(), params, b"input", 10, time.time() + 30, 16, 16)
         await api.submit(job)
-        worker = RedisWorkerQueue(redis_server.url, consumer="w", prefix="prog", block_s=0.1)
+        worker = RedisWorkerQueue(worker_settings(redis_server.url, instance="w", redis_prefix="prog"))
         worker.prepare()
         (claimed,) = worker.claim(1, 0.5)
         worker.report_progress(job.id, 2, 10, 4.0)

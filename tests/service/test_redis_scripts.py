@@ -14,7 +14,7 @@ from service.queue.base import IdempotencyConflict, QueueFull
 from service.queue.redis import RedisApiQueue
 from service.queue.redis_worker import RedisWorkerQueue
 from service.settings import ServiceSettings
-from tests.service.conftest import RedisServer
+from tests.service.conftest import RedisServer, worker_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,7 +32,7 @@ def _job(cost: int = 2, deadline_s: float = 30.0, key: str | None = None, finger
 
 
 def _worker(server: RedisServer, name: str = "w1", lease_s: float = 30.0) -> RedisWorkerQueue:
-    worker = RedisWorkerQueue(server.url, consumer=name, prefix="unit", lease_s=lease_s, block_s=0.1)
+    worker = RedisWorkerQueue(worker_settings(server.url, instance=name, redis_prefix="unit", lease_s=lease_s))
     worker.prepare()
     return worker
 

@@ -14,14 +14,14 @@ import redis
 from fastapi.testclient import TestClient
 
 from loadtests.local_stack import free_port, redis_server_command
-from service.api import create_app
 from service.jobs import Job, JobParams, JobResult, new_job_id
+from service.main import build_app
 from service.queue.base import ResultGone
 from service.queue.inprocess import InProcessQueue
 from service.queue.redis import RedisApiQueue
 from service.queue.redis_worker import RedisWorkerQueue
 from service.settings import ServiceSettings
-from tests.service.conftest import RedisServer, embedded_client, wait_client_ready
+from tests.service.conftest import RedisServer, embedded_client, wait_client_ready, worker_settings
 from tests.service.fakes import png_bytes
 
 pytestmark = pytest.mark.timeout(90)
@@ -102,7 +102,7 @@ def test_redis_store_cap_evicts_oldest_and_gives_410(redis_server: RedisServer, 
         api = RedisApiQueue(settings)
         await api.start()
         await api.sweep()  # publishes the cap (the timer does it too)
-        worker = RedisWorkerQueue(redis_server.url, consumer="w", prefix="ret", block_s=0.1)
+        worker = RedisWorkerQueue(worker_settings(redis_server.url, instance="w", redis_prefix="ret"))
         worker.prepare()
         jobs = [_job() for _ in range(3)]
         for job in jobs:
@@ -148,7 +148,7 @@ def test_redis_near_maxmemory_is_503_before_admission(small_redis, fake_model: P
     url, client = small_redis
     settings = ServiceSettings(model_dir=fake_model, redis_url=url, redis_prefix="mem")
     data = png_bytes(16, 16, seed=1)
-    with TestClient(create_app(settings)) as http:
+    with TestClient(build_app(settings)) as http:
         chunks = 0
         while int(client.info("memory")["used_memory"]) < 0.92 * 8 * 2**20:  # past the 90% high water
             client.set(f"filler:{chunks}", b"f" * 100_000)

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error, positive_data_acceptance  # noqa: E402
 
 from service.api import create_app  # noqa: E402
+from service.embedded import WorkerThread  # noqa: E402
 from service.queue.inprocess import InProcessQueue  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
-from service.worker import WorkerThread  # noqa: E402
 from tests.service.conftest import ThreadedServer  # noqa: E402
 from tests.service.fakes import FakeUpscaler, write_fake_model  # noqa: E402
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from service.api import create_app
+from service.embedded import WorkerThread
 from service.queue.inprocess import InProcessQueue
 from service.settings import ServiceSettings
-from service.worker import WorkerThread
 from tests.service.conftest import ThreadedServer
 from tests.service.fakes import FakeUpscaler, png_bytes
 

@@ -100,3 +100,46 @@ def test_sigterm_finishes_the_jobs_in_hand_then_exits(
     assert second_info["status"] == "queued"  # not claimed after SIGTERM
     result = httpx.get(f"{base}{first.headers['location']}/result")
     assert result.content == reference_bytes(files["image"][1], 31, tile=16)
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_a_slow_encode_does_not_delay_the_next_batch(
+    fake_model: Path, monkeypatch: pytest.MonkeyPatch, pipeline: bool
+) -> None:
+    """Job A (one tile) is encoded slowly; job B's batches run meanwhile in the pipelined worker (its
+    finish pool), and only after A's encode in the serial worker (the baseline shows the test can fail)."""
+    import service.worker
+
+    slow, fast = _job(png_bytes(16, 16, seed=5), 41, 16, 16), _job(png_bytes(48, 48, seed=6), 42, 48, 48)
+    encode_window: list[float] = []
+    real_encode = service.worker.encode_image
+
+    def encode(sr_rgb, source, fmt, quality):  # type: ignore[no-untyped-def]
+        if source.width == 16:  # job A
+            encode_window.append(time.monotonic())
+            time.sleep(1.0)
+            encode_window.append(time.monotonic())
+        return real_encode(sr_rgb, source, fmt, quality)
+
+    monkeypatch.setattr(service.worker, "encode_image", encode)
+    run_times: list[float] = []
+    upscaler = FakeUpscaler()
+    real_run = upscaler.run
+
+    def run(lq_tiles, seeds):  # type: ignore[no-untyped-def]
+        run_times.append(time.monotonic())
+        return real_run(lq_tiles, seeds)
+
+    upscaler.run = run  # type: ignore[method-assign]
+    queue = _drain(
+        upscaler, [slow, fast], fake_model, max_batch_tiles=2, max_batch_delay_s=0.0, worker_pipeline=pipeline
+    )
+    for job, seed in ((slow, 41), (fast, 42)):
+        result = asyncio.run(queue.result(job.id))
+        assert result is not None and result.data == reference_bytes(job.data, seed, tile=16)
+    start, end = encode_window
+    during = [t for t in run_times if start < t < end]
+    if pipeline:
+        assert len(during) >= fast.cost_tiles // 2, f"{len(during)} batches ran during A's 1 s encode"
+    else:
+        assert not during, "the serial worker ran batches while encoding"

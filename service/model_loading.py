@@ -1,0 +1,26 @@
+"""Model loading for the worker (serving.md "Worker loop"): the one place the service turns settings
+into an Upscaler. Imported only where a model runs (the worker process, the embedded mode)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from service.settings import ServiceSettings
+
+if TYPE_CHECKING:
+    from rsd.backends.base import Upscaler
+
+log = logging.getLogger(__name__)
+
+
+def load_model(settings: ServiceSettings) -> Upscaler:
+    from rsd.backends import load_upscaler
+
+    if settings.torch_threads is not None and settings.backend == "torch":
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+    log.info("loading %s (%s, %s, %s)", settings.model_dir, settings.backend, settings.device, settings.dtype)
+    return load_upscaler(settings.model_dir, settings.backend, settings.device, settings.dtype)
