@@ -27,6 +27,7 @@ import numpy as np
 
 from model_export.variants import BASELINE, Runner, make_variant
 from model_export.verify import parity_tiles, psnr_db
+from rsd.kinds import check_positive_int
 from rsd.spec import read_spec
 
 if TYPE_CHECKING:
@@ -157,12 +158,11 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         for name, value in (("tile", self.tile), ("repeats", self.repeats)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(name, value)
         if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
             raise ValueError(f"batches must be positive ints, got {list(self.batches)}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be a positive int, got {self.threads!r}")
+        if self.threads is not None:
+            check_positive_int("threads", self.threads)
 
 
 @dataclass

@@ -5,8 +5,10 @@ Reading caps the bytes, checks the pixel caps from the header before decoding, r
 decodes fully (truncation is an error), applies the EXIF orientation, keeps a fitting ICC profile and
 reduces every mode to RGB uint8 (what the model sees) + alpha + mode family ("L" or "RGB"). Writing
 converts the model's RGB output back to that family, re-attaches the separately resampled alpha,
-embeds the profile and replaces files atomically. Bad input raises `ImageError` whose `code` the
+embeds the profile. Bad input raises `ImageError` whose `code` the
 service maps: empty/undecodable -> 400, unsupported -> 415, too_large -> 413 (serving.md).
+The mode reduction lives in rsd.imagemodes; atomic file writes in rsd.atomicfile. Importing this
+module changes no Pillow setting: the bomb guard is set where images are opened (`_open_checked`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import secrets
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,11 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from rsd.imagemodes import ModeFamily, bit_depth, icc_for, reduce_mode
+from rsd.kinds import OUTPUT_FORMATS, SUFFIX_FORMATS, OutputFormat, check_positive_int
 from rsd.outscale import check_outscale, output_size, resize_plane
 
 ErrorCode = Literal["empty", "undecodable", "unsupported", "too_large"]
-OutputFormat = Literal["png", "jpeg", "webp"]
-ModeFamily = Literal["L", "RGB"]
 
 #: formats accepted as input (Pillow format names); MPO is how Pillow names a JPEG carrying extra
 #: pictures (camera depth maps, previews): it is a JPEG and its primary picture is used.
@@ -43,13 +44,9 @@ _RECOGNISED_UNSUPPORTED = (
 #: Pillow's decompression-bomb guard, set explicitly: Pillow warns above this many pixels and raises
 #: above twice as many. Our own header check (ImageLimits) is the authoritative limit and may not exceed
 #: it, so the guard only ever fires on images we reject anyway; it is a backstop for code paths
-#: (frame seeks) that run before our check.
+#: (frame seeks) that run before our check. Pillow reads it from a process global, which
+#: `_open_checked` sets before each open (not at import: importing a module changes no setting).
 PILLOW_MAX_IMAGE_PIXELS = 8192 * 8192
-Image.MAX_IMAGE_PIXELS = PILLOW_MAX_IMAGE_PIXELS
-# Truncated files must fail to decode, not come back padded (read_image refuses to run otherwise).
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-_SUFFIX_FORMATS: dict[str, OutputFormat] = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
 class ImageError(ValueError):
@@ -77,9 +74,7 @@ class ImageLimits:
 
     def __post_init__(self) -> None:
         for name in ("max_bytes", "max_input_pixels", "max_output_pixels", "scale"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ImageLimits.{name} must be a positive int, got {value!r}")
+            check_positive_int(f"ImageLimits.{name}", getattr(self, name))
         check_outscale(self.outscale, self.scale)
         if self.max_input_pixels > PILLOW_MAX_IMAGE_PIXELS:
             raise ValueError(
@@ -171,8 +166,11 @@ def _open_checked(data: bytes, limits: ImageLimits) -> Image.Image:
     if len(data) > limits.max_bytes:
         raise ImageError("too_large", f"the image has {len(data)} bytes, above the limit of {limits.max_bytes}")
     if ImageFile.LOAD_TRUNCATED_IMAGES:
-        # Someone in this process switched Pillow to accept truncated files: a programming error.
+        # Truncated files must fail to decode, not come back padded. Pillow's default is False; someone
+        # in this process switched it: a programming error, not bad input.
         raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is True; rsd.imagefile requires False")
+    # the same value on every call, so concurrent decodes cannot disagree about it
+    Image.MAX_IMAGE_PIXELS = PILLOW_MAX_IMAGE_PIXELS
     image = _open(data)
     try:
         _check_header(image, limits)
@@ -279,86 +277,19 @@ def _decode(image: Image.Image, data: bytes) -> DecodedImage:
     except Exception as exc:  # truncated or corrupt data of every kind; never a 500 for bad input
         raise _decode_error(exc) from exc
     source_mode = image.mode
-    rgb, alpha, family, icc = _reduce_mode(oriented, icc)
+    reduced = reduce_mode(oriented, icc)
+    if reduced is None:
+        raise ImageError("unsupported", f"image mode {oriented.mode!r} is not supported")
+    rgb, alpha, family, icc = reduced
     return DecodedImage(
         rgb=rgb,
         alpha=alpha,
         mode_family=family,
-        icc_profile=_icc_for(icc, family),
+        icc_profile=icc_for(icc, family),
         source_format=str(image.format),
         source_mode=source_mode,
-        bit_depth=_bit_depth(image, data),
+        bit_depth=bit_depth(image, data),
     )
-
-
-def _reduce_mode(
-    image: Image.Image, icc: bytes | None
-) -> tuple[np.ndarray, np.ndarray | None, ModeFamily, bytes | None]:
-    """(rgb (H,W,3) u8, alpha (H,W) u8 | None, family, icc) for every mode Pillow yields; see read_image."""
-    mode = image.mode
-    transparent = image.has_transparency_data
-    if mode in ("1", "L") and not transparent:
-        return _gray(np.asarray(image.convert("L")), None, icc)
-    if mode in ("1", "L", "LA", "La"):
-        la = np.asarray(image.convert("LA"))
-        return _gray(la[..., 0], la[..., 1], icc)
-    if mode.startswith("I;16") or mode == "I":
-        samples = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
-        return _gray((samples >> 8).astype(np.uint8), None, icc)
-    if mode == "F":
-        intensity = np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0)
-        return _gray(np.round(intensity * 255.0).astype(np.uint8), None, icc)
-    if mode == "CMYK":
-        return np.asarray(_cmyk_to_rgb(image, icc)), None, "RGB", None
-    if mode in ("RGBA", "RGBa", "PA") or (mode in ("P", "RGB") and transparent):
-        rgba = np.asarray(image.convert("RGBA"))
-        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), "RGB", icc
-    if mode in ("P", "RGB", "RGBX", "YCbCr", "LAB", "HSV"):
-        return np.asarray(image.convert("RGB")), None, "RGB", icc
-    raise ImageError("unsupported", f"image mode {mode!r} is not supported")
-
-
-def _gray(
-    gray: np.ndarray, alpha: np.ndarray | None, icc: bytes | None
-) -> tuple[np.ndarray, np.ndarray | None, ModeFamily, bytes | None]:
-    rgb = np.repeat(gray[..., None], 3, axis=2)  # method.md 5.1 step 1: gray replicated to 3 channels
-    return rgb, None if alpha is None else np.ascontiguousarray(alpha), "L", icc
-
-
-def _cmyk_to_rgb(image: Image.Image, icc: bytes | None) -> Image.Image:
-    """Through the embedded CMYK profile to sRGB when possible (print CMYK differs a lot from the naive
-    formula), else Pillow's naive conversion."""
-    if icc is not None and icc[16:20] == b"CMYK":
-        try:
-            from PIL import ImageCms
-
-            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            converted = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
-            if converted is not None:
-                return converted
-        except Exception:  # no littlecms or a broken profile: fall back to the naive formula
-            pass
-    return image.convert("RGB")
-
-
-def _icc_for(icc: bytes | None, family: ModeFamily) -> bytes | None:
-    """Keep a profile only if its colour space (ICC header bytes 16..20) is the output's."""
-    if icc is None:
-        return None
-    expected = b"GRAY" if family == "L" else b"RGB "
-    return icc if icc[16:20] == expected else None
-
-
-def _bit_depth(image: Image.Image, data: bytes) -> Literal[8, 16]:
-    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
-        return 16
-    if image.format == "PNG" and data[12:16] == b"IHDR":
-        return 16 if data[24] > 8 else 8  # IHDR bit depth byte
-    if image.format == "TIFF":
-        bits = getattr(image, "tag_v2", {}).get(258, 8)  # BitsPerSample
-        bits = max(bits) if isinstance(bits, tuple) else bits
-        return 16 if int(bits) > 8 else 8
-    return 8
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
@@ -370,8 +301,7 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     """
     if alpha.ndim != 2 or alpha.dtype != np.uint8:
         raise ValueError(f"alpha must be (H, W) uint8, got {alpha.shape} {alpha.dtype}")
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale must be a positive int, got {scale!r}")
+    check_positive_int("scale", scale)
     height, width = alpha.shape
     plane = Image.fromarray(np.ascontiguousarray(alpha))
     return np.asarray(plane.resize((width * scale, height * scale), Image.Resampling.BICUBIC))
@@ -394,8 +324,8 @@ def encode_image(
     no gray mode: Pillow stores L as RGB with equal channels. EXIF is not copied (the orientation is
     already applied). `quality` (1..100) applies to JPEG and WebP; PNG is lossless.
     """
-    if fmt not in ("png", "jpeg", "webp"):
-        raise ValueError(f"fmt must be one of 'png', 'jpeg', 'webp', got {fmt!r}")
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"fmt must be one of {', '.join(map(repr, OUTPUT_FORMATS))}, got {fmt!r}")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an int in 1..100, got {quality!r}")
     if sr_rgb.ndim != 3 or sr_rgb.shape[2] != 3 or sr_rgb.dtype != np.uint8:
@@ -434,39 +364,8 @@ def encode_image(
 def format_from_suffix(path: str | os.PathLike[str]) -> OutputFormat:
     """'png' | 'jpeg' | 'webp' from the file suffix (case-insensitive)."""
     suffix = Path(path).suffix.lower()
-    if suffix not in _SUFFIX_FORMATS:
+    if suffix not in SUFFIX_FORMATS:
         raise ValueError(
-            f"cannot write {os.fspath(path)!r}: suffix {suffix or '(none)'!r} is not one of "
-            f"{', '.join(_SUFFIX_FORMATS)}"
+            f"cannot write {os.fspath(path)!r}: suffix {suffix or '(none)'!r} is not one of {', '.join(SUFFIX_FORMATS)}"
         )
-    return _SUFFIX_FORMATS[suffix]
-
-
-def write_image_file(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes atomically: temp file in the same folder, fsync, os.replace; nothing partial remains.
-
-    The result has the permissions a plain open() would give: an existing file's mode, else 0o666
-    less the umask (applied by the kernel at creation).
-    """
-    target = Path(path)
-    if target.is_dir():
-        raise IsADirectoryError(f"cannot write an image over the directory {os.fspath(target)!r}")
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
-    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        if target.exists():
-            os.chmod(temp, target.stat().st_mode & 0o7777)
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable (POSIX); best effort elsewhere
-        folder = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+    return SUFFIX_FORMATS[suffix]

@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from rsd.kinds import check_positive_int
+
 BlendMode = Literal["smooth", "uniform"]
 #: elements per band of to_uint8 (~1 MB of float32: cache-sized, few Python-level steps)
 _BAND_ELEMENTS = 1 << 18
@@ -104,8 +106,7 @@ class TileGrid:
 
 def _validate(height: int, width: int, tile: int, overlap: int, multiple: int) -> None:
     for name, value in (("height", height), ("width", width), ("tile", tile), ("multiple", multiple)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int(name, value)
     if tile % multiple:
         raise ValueError(f"tile={tile} must be a multiple of {multiple}")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap < tile:
@@ -227,8 +228,7 @@ def blend_tiles(sr_tiles: np.ndarray, grid: TileGrid, scale: int, mode: BlendMod
     average, kept for parity runs (method.md 5.2). A lone tile comes back unchanged in both modes.
     The result may be a view into a larger canvas.
     """
-    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
-        raise ValueError(f"scale must be a positive int, got {scale!r}")
+    check_positive_int("scale", scale)
     size = grid.tile * scale
     expected = (len(grid.positions), 3, size, size)
     if sr_tiles.shape != expected:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rsd.kinds import check_positive_int
+
 #: seeds are 63-bit so they fit a signed 64-bit integer (JSON clients, Redis, SQL, int64 tensors)
 SEED_LIMIT = 2**63
 
@@ -25,8 +27,7 @@ def _check_seed(name: str, seed: int) -> None:
 
 def _check_dims(channels: int, height: int, width: int) -> None:
     for name, value in (("channels", channels), ("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_int(name, value, integer_types=(int, np.integer))
 
 
 def tile_seed(image_seed: int, tile_index: int) -> int:

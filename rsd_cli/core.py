@@ -8,12 +8,11 @@ from pathlib import Path
 
 from rsd.family import FAMILY_NAMES
 from rsd.imagefile import ImageError
+from rsd.kinds import BACKENDS, BUNDLED_MODEL, DTYPES, FORMAT_SUFFIXES, OUTPUT_FORMATS, OutputFormat
 from rsd.spec import ArtifactError
 
 #: errors that are the user's input, reported as one line with exit code 2 (never a traceback)
 EXPECTED_ERRORS = (ArtifactError, ImageError, ValueError, FileNotFoundError, NotADirectoryError, RuntimeError)
-
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "rsd-tiny"
 
 
 def default_model() -> Path:
@@ -33,10 +32,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--outscale", type=float, default=None, help="final scale in (1, 4]: the x4 result resized with Lanczos"
     )
     up.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    up.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
-    up.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch")
+    up.add_argument("--dtype", choices=DTYPES, default="fp32")
+    up.add_argument("--backend", choices=BACKENDS, default="torch")
     up.add_argument("--blend", choices=["smooth", "uniform"], default="smooth")
-    up.add_argument("--format", choices=["png", "jpeg", "webp"], default=None, help="default: from suffix")
+    up.add_argument("--format", choices=OUTPUT_FORMATS, default=None, help="default: from suffix")
     up.add_argument("--quality", type=int, default=95)
     up.set_defaults(handler=run_upscale)
 
@@ -65,14 +64,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     info.set_defaults(handler=run_info)
 
 
-def _outputs(inputs: list[Path], out: Path, fmt: str | None) -> list[Path]:
+def _outputs(inputs: list[Path], out: Path, fmt: OutputFormat | None) -> list[Path]:
     """One input + a file-like OUT -> that file; otherwise OUT is a directory of <stem>_x4.<ext>."""
     from rsd.imagefile import format_from_suffix
 
     if len(inputs) == 1 and out.suffix and not out.is_dir():
         format_from_suffix(out)  # validate before any work
         return [out]
-    ext = {"jpeg": ".jpg", "webp": ".webp"}.get(fmt or "png", ".png")
+    ext = FORMAT_SUFFIXES[fmt or "png"]
     names = [p.stem + "_x4" + ext for p in inputs]
     if len(set(names)) != len(names):
         raise ValueError("several inputs share a file name; upscale them into separate folders")
@@ -82,8 +81,9 @@ def _outputs(inputs: list[Path], out: Path, fmt: str | None) -> list[Path]:
 def run_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from rsd.atomicfile import write_atomic
     from rsd.backends import load_upscaler
-    from rsd.imagefile import ImageLimits, encode_image, format_from_suffix, read_image_file, write_image_file
+    from rsd.imagefile import ImageLimits, encode_image, format_from_suffix, read_image_file
     from rsd.outscale import output_size
     from rsd.pipeline import choose_tile, upscale_array
     from rsd.spec import read_spec
@@ -110,7 +110,7 @@ def run_upscale(args: argparse.Namespace) -> int:
                 )
             fmt = args.format or format_from_suffix(target)
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_image_file(target, encode_image(sr, image, fmt, args.quality, outscale=args.outscale))
+            write_atomic(target, encode_image(sr, image, fmt, args.quality, outscale=args.outscale))
             height, width = output_size(image.height, image.width, args.outscale, upscaler.spec.scale)
             print(f"{src} -> {target} ({width}x{height})")
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rsd.kinds import ONNX_DTYPES
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -28,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     onnx.add_argument("--model", type=Path, required=True, help="artifact directory")
     onnx.add_argument("--tile", type=int, required=True, help="LR tile side (a multiple of the model's)")
     onnx.add_argument("--max-batch", type=int, default=8, help="batch the quantiser chunks are sized for")
-    onnx.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    onnx.add_argument("--dtype", choices=ONNX_DTYPES, default="fp32")
     onnx.add_argument("--out", type=Path, default=None, help="default: MODEL/export/tile{N}[.fp16].onnx")
     onnx.add_argument("--exporter", choices=["torchscript", "dynamo"], default="torchscript")
     onnx.add_argument("--opset", type=int, default=None, help="default: 17 (torchscript), 18 (dynamo)")

@@ -14,6 +14,8 @@ import os
 import tempfile
 from typing import Any
 
+from rsd.kinds import BACKENDS
+
 
 def add_parsers(subparsers: Any) -> None:
     """Add `serve` and `worker` to an argparse subparsers object (each sets `handler`, the rsd CLI convention)."""
@@ -32,7 +34,7 @@ def add_parsers(subparsers: Any) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="artifact directory (env RSD_MODEL; default bundled)")
     parser.add_argument("--redis-url", default=None, help="Redis URL (env REDIS_URL)")
-    parser.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default=None)
+    parser.add_argument("--backend", choices=BACKENDS, default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (env RSD_DEVICE)")
 
 

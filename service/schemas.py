@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Header, Query
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from rsd.kinds import OutputFormat
 from service.jobs import CONTENT_TYPES, JobRecord
 
 #: seeds are 63-bit (rsd.noise.SEED_LIMIT): they fit a signed 64-bit integer everywhere
@@ -67,7 +68,7 @@ class UpscaleParams:
     headers through `Annotated[UpscaleParams, Depends()]`; `with_form` validates form fields, which
     only the body carries). Query wins over form; X-Deadline-Ms over deadline_ms."""
 
-    format: Annotated[Literal["png", "jpeg", "webp"] | None, Query(description="output format")] = None
+    format: Annotated[OutputFormat | None, Query(description="output format")] = None
     quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WEBP quality")] = None
     seed: Annotated[int | None, Query(ge=0, le=SEED_MAX, description="noise seed; random if unset")] = None
     tile: Annotated[int | None, Query(gt=0, description="tile size: one of the model's tiles")] = None

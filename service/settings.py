@@ -16,10 +16,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: the model shipped with the repository (models/rsd-tiny), served when RSD_MODEL is not set
-BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "rsd-tiny"
-
-OutputFormat = Literal["png", "jpeg", "webp"]
+from rsd.kinds import BUNDLED_MODEL, BackendKind, DType, OutputFormat
 
 
 def _instance_id() -> str:
@@ -34,9 +31,9 @@ class ServiceSettings(BaseSettings):
 
     # --- model (worker side; the API reads only spec.json) ---
     model_dir: Path = Field(default=BUNDLED_MODEL, validation_alias=AliasChoices("RSD_MODEL", "model_dir"))
-    backend: Literal["torch", "onnxruntime", "tensorrt"] = "torch"
+    backend: BackendKind = "torch"
     device: str = "cpu"
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    dtype: DType = "fp32"
     #: "one": warm up one batch of one tile before answering ready; "all": every batch size up to
     #: max_batch_tiles at every tile size (first calls of a new shape are slow on some backends)
     warmup: Literal["one", "all"] = "one"

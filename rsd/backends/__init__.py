@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from rsd.backends.base import Upscaler
-
-BackendKind = Literal["torch", "onnxruntime", "tensorrt"]
-DType = Literal["fp32", "fp16", "bf16"]
+from rsd.kinds import BackendKind, DType
 
 __all__ = ["BackendKind", "DType", "Upscaler", "load_upscaler"]
 

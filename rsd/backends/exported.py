@@ -24,6 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rsd.kinds import OnnxDType
 from rsd.spec import ArtifactError, ModelSpec
 
 EXPORT_DIR = "export"
@@ -38,8 +39,6 @@ META_TILE = "rsd.tile"
 META_NOISE_CHANNELS = "rsd.noise_channels"
 META_DTYPE = "rsd.dtype"
 META_MODEL_NAME = "rsd.model_name"
-
-OnnxDType = Literal["fp32", "fp16"]
 
 
 class ExportMismatchError(ArtifactError):

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from loadtests import local_stack, openloop, report
-from service.settings import BUNDLED_MODEL
+from rsd.kinds import BUNDLED_MODEL
 from tests.deploy.test_dashboard import EXPRESSIONS
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"

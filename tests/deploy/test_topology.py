@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from loadtests import local_stack, openloop, report, servermetrics
-from service.settings import BUNDLED_MODEL
+from rsd.kinds import BUNDLED_MODEL
 from tests.service.conftest import REDIS_SERVER, Processes, RedisServer, free_port, wait_ready
 
 pytestmark = [
