@@ -14,11 +14,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every typed config and recipe: unknown keys are errors, values are immutable."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class UNetConfig(_Strict):
+class UNetConfig(StrictModel):
     """UNetModelSwin hyper-parameters (method.md 2.1).
 
     Two reference spellings give the same network: ResShift HEAD (`in_channels: 3, lq_size: 64`,
@@ -104,7 +106,7 @@ class UNetConfig(_Strict):
         return self.model_copy(update={"noise_channels": noise_channels})
 
 
-class DDConfig(_Strict):
+class DDConfig(StrictModel):
     """Encoder/decoder layout of the VQ autoencoder (method.md 3)."""
 
     double_z: Literal[False] = False
@@ -141,7 +143,7 @@ class DDConfig(_Strict):
         return 2 ** (len(self.ch_mult) - 1)
 
 
-class VQConfig(_Strict):
+class VQConfig(StrictModel):
     """VQModelTorch: `embed_dim` latent channels, `n_embed` codebook entries (method.md 3)."""
 
     embed_dim: int = 3
@@ -157,7 +159,7 @@ class VQConfig(_Strict):
         return self.ddconfig.downsample_factor
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     """ResShift exponential schedule (method.md 1.3). Official x4 values are the defaults."""
 
     schedule_name: Literal["exponential"] = "exponential"

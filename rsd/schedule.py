@@ -58,14 +58,6 @@ class Schedule:
         self.posterior_mean_coef1 = self.etas_prev / self.etas
         self.posterior_mean_coef2 = self.alpha / self.etas
 
-        # Std that the network input x_t is divided by (method.md 1.4).
-        if not config.normalize_input:
-            self.input_scale = np.ones(self.T, dtype=np.float64)
-        elif config.latent_flag:
-            self.input_scale = np.sqrt(kappa**2 * self.etas + 1.0)
-        else:
-            self.input_scale = 3.0 * kappa * self.sqrt_etas + 1.0
-
     def digest(self) -> str:
         """Hash of the schedule configuration (exported engines carry it)."""
         return self.config.digest()
@@ -115,7 +107,9 @@ class Schedule:
         return y + std * noise
 
     def scale_input(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """x_t / input_scale[t]: what the network sees in place of x_t (method.md 1.4).
+        """x_t / std_t, what the network sees in place of x_t (method.md 1.4): std_t = sqrt(kappa^2 eta_t + 1)
+        in latent space, 3 kappa sqrt(eta_t) + 1 otherwise, 1 without `normalize_input`. Called only
+        through rsd.denoiser.denoise (tests aside).
 
         The std is evaluated in x_t's dtype from the gathered eta, as the reference does, so float32
         inputs match it bit for bit (the float64 table rounded to float32 can differ by one ulp).

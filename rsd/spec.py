@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from rsd.config import ScheduleConfig, UNetConfig, VQConfig, _Strict
+from rsd.config import ScheduleConfig, StrictModel, UNetConfig, VQConfig
 from rsd.family import FamilyName, get_family
 
 SPEC_FILE = "spec.json"
@@ -25,7 +25,7 @@ class ArtifactError(ValueError):
     """An artifact directory or checkpoint file is missing, malformed or inconsistent."""
 
 
-class SamplerConfig(_Strict):
+class SamplerConfig(StrictModel):
     """How the graph samples (method.md 1.2): one net call at t = T-1 ("one-step", steps 1), or
     `steps` ancestral steps t = T-1 .. 0 over the schedule ("ancestral", steps == schedule.steps)."""
 
@@ -33,7 +33,7 @@ class SamplerConfig(_Strict):
     steps: int = Field(default=1, ge=1)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """Everything needed to rebuild `OneStepSR` (and optionally the teacher) from weights."""
 
     format_version: Literal[1] = 1

@@ -9,7 +9,6 @@ with its own optimizer]. The product is an autoencoder directory (`autoencoder.j
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from training.evaluate import image_metrics, pair_grid
 from training.losses import vq_codebook_loss
 from training.lpips import LPIPS
 from training.optim import adamw, set_lr, step_optimizer
+from training.stage import CheckpointParts, Stateful
 from training.weights import read_autoencoder, save_autoencoder_dir
 
 
@@ -63,7 +63,7 @@ class PatchDiscriminator(nn.Module):
         return self.layers(x)
 
 
-class AutoencoderStage:
+class AutoencoderStage(CheckpointParts):
     def __init__(self, recipe: AutoencoderRecipe, ctx: DistContext) -> None:
         self.recipe, self.ctx = recipe, ctx
         loop, loss = recipe.loop, recipe.loss
@@ -184,20 +184,8 @@ class AutoencoderStage:
     def export(self, run_dir: Path) -> Path:
         return save_autoencoder_dir(run_dir / "autoencoder", self.recipe.autoencoder, self.vq.state_dict())
 
-    def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {
-            "vq": self.vq.state_dict(),
-            "opt": self.opt.state_dict(),
-            "data": self.batches.state_dict(),
-        }
+    def checkpoint_parts(self) -> dict[str, Stateful]:
+        parts: dict[str, Stateful] = {"vq": self.vq, "opt": self.opt, "data": self.batches}
         if self.disc is not None:
-            state |= {"disc": self.disc.state_dict(), "opt_disc": self.opt_disc.state_dict()}
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.vq.load_state_dict(state["vq"])
-        self.opt.load_state_dict(state["opt"])
-        self.batches.load_state_dict(state["data"])
-        if self.disc is not None:
-            self.disc.load_state_dict(state["disc"])
-            self.opt_disc.load_state_dict(state["opt_disc"])
+            parts |= {"disc": self.disc, "opt_disc": self.opt_disc}
+        return parts

@@ -12,23 +12,19 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
-from rsd.config import ScheduleConfig, UNetConfig, VQConfig
+from rsd.config import ScheduleConfig, StrictModel, UNetConfig, VQConfig
 
 
 class ConfigError(ValueError):
     """A recipe file is missing, unreadable or invalid (the message names the file and the key)."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 Pair = tuple[float, float]
 
 
-class DegradationConfig(_Strict):
+class DegradationConfig(StrictModel):
     """Real-ESRGAN two-stage degradation; defaults are the RSD.yaml values (method.md 4.12)."""
 
     scale: Literal[4] = 4
@@ -81,7 +77,7 @@ class DegradationConfig(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     """Training pairs: HR crops from a folder (or procedurally generated images) + degraded LR."""
 
     #: "folder": images under `dirs` (recursive; jpg/jpeg/png/webp); "synthetic": `synthetic_count`
@@ -117,7 +113,7 @@ class DataConfig(_Strict):
         return self
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     """AdamW (method.md 4.11: lr 5e-5, betas (0.9, 0.95), weight decay 0, eps 1e-8; constant lr)."""
 
     lr: float = Field(default=5e-5, gt=0)
@@ -134,7 +130,7 @@ class OptimConfig(_Strict):
     final_lr_ratio: float = Field(default=0.1, ge=0, le=1)
 
 
-class LoopConfig(_Strict):
+class LoopConfig(StrictModel):
     """Iterations, batch sizes and bookkeeping shared by every stage."""
 
     iterations: int = Field(default=3000, ge=1)
@@ -156,7 +152,7 @@ class LoopConfig(_Strict):
     progress: bool = True
 
 
-class LPIPSConfig(_Strict):
+class LPIPSConfig(StrictModel):
     """LPIPS(AlexNet, v0.1) weights. The backbone is a local torchvision-layout AlexNet state dict
     (`features.0/3/6/8/10`); the linear heads default to the files shipped in the `lpips` package."""
 
@@ -164,7 +160,7 @@ class LPIPSConfig(_Strict):
     linear_weights: Path | None = None
 
 
-class ExportConfig(_Strict):
+class ExportConfig(StrictModel):
     """What goes into the artifact's spec.json besides the nets (rsd.spec.ModelSpec)."""
 
     #: LR tile sizes exported engines are built for; multiples of the UNet's size multiple
@@ -178,7 +174,7 @@ class ExportConfig(_Strict):
     lr_consistency: bool = False
 
 
-class AutoencoderLoss(_Strict):
+class AutoencoderLoss(StrictModel):
     """VQ-f4 training loss: reconstruction + codebook/commitment (+ optional LPIPS, patch GAN)."""
 
     reconstruction: Literal["l1", "l2"] = "l1"
@@ -196,7 +192,7 @@ class AutoencoderLoss(_Strict):
     disc_layers: int = Field(default=3, ge=1)
 
 
-class AutoencoderRecipe(_Strict):
+class AutoencoderRecipe(StrictModel):
     stage: Literal["autoencoder"]
     name: str = "vq-f4"
     autoencoder: VQConfig = Field(default_factory=VQConfig)
@@ -209,7 +205,7 @@ class AutoencoderRecipe(_Strict):
     loop: LoopConfig = Field(default_factory=LoopConfig)
 
 
-class TeacherRecipe(_Strict):
+class TeacherRecipe(StrictModel):
     """ResShift teacher training (method.md 1.2 loss, 1.7 recipe)."""
 
     stage: Literal["teacher"]
@@ -230,7 +226,7 @@ class TeacherRecipe(_Strict):
     loop: LoopConfig = Field(default_factory=LoopConfig)
 
 
-class DistillConfig(_Strict):
+class DistillConfig(StrictModel):
     """RSD distillation knobs (method.md 4.1-4.14); defaults are the method.md choices."""
 
     fake_updates: int = Field(default=5, ge=1)  # 4.11 n_fake_loop
@@ -257,7 +253,7 @@ class DistillConfig(_Strict):
     cache_latents: int = Field(default=0, ge=0)
 
 
-class DistillRecipe(_Strict):
+class DistillRecipe(StrictModel):
     stage: Literal["distill"]
     name: str = "rsd"
     #: the teacher: an artifact directory (teacher.*, or a noise-free student.*; its VQ and schedule

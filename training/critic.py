@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from rsd.denoiser import denoise
 from rsd.nets.unet import UNetModelSwin
 from rsd.schedule import Schedule
 
@@ -63,7 +64,7 @@ class FakeModel(nn.Module):
 
     def predict_x0(self, x_t: Tensor, t: Tensor, lq: Tensor) -> Tensor:
         """x_t: (N, 3, h, w) unscaled noisy latent; t: (N,) int64; lq: (N, 3, h, w). -> x0 (N, 3, h, w)."""
-        return self.unet(self.schedule.scale_input(x_t, t), t, lq)
+        return denoise(self.unet, self.schedule, x_t, t, lq)
 
     def logits(self, x0: Tensor, lq: Tensor) -> Tensor:
         """Discriminator logits (N,) of clean latents x0 (N, 3, h, w): fake-UNet bottleneck features
@@ -71,7 +72,7 @@ class FakeModel(nn.Module):
         if self.head is None:
             raise RuntimeError("this fake model was built without a GAN head (gan_weight = 0)")
         t0 = torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)
-        return self.head(self.unet.middle_features(self.schedule.scale_input(x0, t0), t0, lq))
+        return self.head(denoise(self.unet.middle_features, self.schedule, x0, t0, lq))
 
     def forward(
         self, x_t: Tensor, t: Tensor, lq: Tensor, disc_x0: Tensor | None = None, disc_lq: Tensor | None = None

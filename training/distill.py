@@ -20,6 +20,7 @@ from torch import Tensor
 
 from rsd.artifact import joined_weights, save_artifact
 from rsd.config import ScheduleConfig, UNetConfig
+from rsd.denoiser import denoise
 from rsd.nets.unet import UNetModelSwin, widen_first_conv
 from rsd.onestep import OneStepSR, lr_consistent
 from rsd.schedule import Schedule
@@ -33,7 +34,7 @@ from training.evaluate import image_metrics, pair_grid
 from training.losses import fake_loss, gan_discriminator_loss, gan_generator_loss, generator_loss, timestep_weights
 from training.lpips import LPIPS
 from training.optim import EMA, adamw, set_lr, step_optimizer
-from training.teacher import check_sizes, make_spec
+from training.stage import CheckpointParts, Stateful, check_sizes, make_spec
 from training.weights import build_autoencoder, load_unet_strict, read_teacher, teacher_state
 
 
@@ -69,7 +70,7 @@ def _teacher_source(recipe: DistillRecipe) -> tuple[ScheduleConfig, UNetConfig, 
     return ScheduleConfig(), official, teacher_state(recipe.teacher, official), recipe.teacher.name
 
 
-class DistillStage:
+class DistillStage(CheckpointParts):
     def __init__(self, recipe: DistillRecipe, ctx: DistContext) -> None:
         self.recipe, self.ctx, self.cfg = recipe, ctx, recipe.distill
         loop, cfg = recipe.loop, recipe.distill
@@ -158,15 +159,15 @@ class DistillStage:
             with torch.no_grad():
                 prior = self.schedule.prior_sample(mb.z_y, d.eps_prior[:, :c])
                 t_last = torch.full_like(d.t_n, self.schedule.T - 1)
-                x0 = self.student(self.schedule.scale_input(prior, t_last), t_last, mb.lr, d.eps_prior[:, c:])
+                x0 = denoise(self.student, self.schedule, prior, t_last, mb.lr, d.eps_prior[:, c:])
         return self.schedule.q_sample(x0, mb.z_y, d.t_n, d.eps1)
 
     def _student(self, net: Any, mb: Batch, d: Draws) -> Tensor:
         x_tn = self._student_input(mb, d)
-        return net(self.schedule.scale_input(x_tn, d.t_n), d.t_n, mb.lr, d.xi)
+        return denoise(net, self.schedule, x_tn, d.t_n, mb.lr, d.xi)
 
     def _teacher_x0(self, x_t: Tensor, t: Tensor, lq: Tensor) -> Tensor:
-        return self.teacher(self.schedule.scale_input(x_t, t), t, lq)
+        return denoise(self.teacher, self.schedule, x_t, t, lq)
 
     def _fake_step(self, step: int) -> dict[str, float]:
         """Method.md 4.13 A: fake loss + GAN discriminator loss, one optimizer step."""
@@ -302,22 +303,13 @@ class DistillStage:
         weights = joined_weights(self.ema.state_for(self.student), self.vq.state_dict(), teacher)
         return save_artifact(run_dir / "artifact", self.spec, weights)
 
-    def state_dict(self) -> dict[str, Any]:
+    def checkpoint_parts(self) -> dict[str, Stateful]:
         return {
-            "student": self.student.state_dict(),
-            "fake": self.fake.state_dict(),
-            "opt_student": self.opt_student.state_dict(),
-            "opt_fake": self.opt_fake.state_dict(),
-            "ema": self.ema.state_dict(),
-            "data": self.batches.state_dict(),
-            "noise": self.noise.state_dict(),
+            "student": self.student,
+            "fake": self.fake,
+            "opt_student": self.opt_student,
+            "opt_fake": self.opt_fake,
+            "ema": self.ema,
+            "data": self.batches,
+            "noise": self.noise,
         }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.student.load_state_dict(state["student"])
-        self.fake.load_state_dict(state["fake"])
-        self.opt_student.load_state_dict(state["opt_student"])
-        self.opt_fake.load_state_dict(state["opt_fake"])
-        self.ema.load_state_dict(state["ema"])
-        self.batches.load_state_dict(state["data"])
-        self.noise.load_state_dict(state["noise"])

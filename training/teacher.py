@@ -10,67 +10,30 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from rsd.artifact import joined_weights, save_artifact
-from rsd.config import UNetConfig, VQConfig
+from rsd.denoiser import denoise
 from rsd.nets.unet import UNetModelSwin
 from rsd.sampler import TeacherSampler
 from rsd.schedule import Schedule
-from rsd.spec import ModelSpec
 from training.batches import Batch, GlobalNoise, LatentBatches, encode_pairs
-from training.config import ExportConfig, TeacherRecipe
+from training.config import TeacherRecipe
 from training.data import validation_pairs
 from training.distributed import DistContext
 from training.evaluate import image_metrics, pair_grid
 from training.losses import x0_mse
 from training.lpips import LPIPS
 from training.optim import EMA, adamw, set_lr, step_optimizer
+from training.stage import CheckpointParts, Stateful, check_sizes, make_spec
 from training.weights import build_autoencoder, teacher_state
 
 #: fixed timesteps of the deterministic validation x0-loss (low, middle and high noise)
 VAL_TIMESTEPS = (0, 7, 14)
 
 
-def make_spec(
-    name: str,
-    student: UNetConfig,
-    vq: VQConfig,
-    recipe_schedule: Any,
-    export: ExportConfig,
-    teacher: UNetConfig | None,
-    provenance: dict[str, str],
-) -> ModelSpec:
-    """The artifact spec; validated now so that bad tiles fail before training, not after."""
-    return ModelSpec(
-        name=name,
-        student=student,
-        autoencoder=vq,
-        schedule=recipe_schedule,
-        teacher=teacher,
-        tiles=export.tiles,
-        default_tile=export.default_tile,
-        default_overlap=export.default_overlap,
-        lr_consistency=export.lr_consistency,
-        provenance=provenance,
-    )
-
-
-def check_sizes(unet: UNetConfig, vq: VQConfig, hr_size: int) -> None:
-    """The latent of an hr_size crop must fit the UNet (sizes multiple, channels)."""
-    latent = hr_size // vq.downsample_factor
-    if latent % unet.size_multiple:
-        raise ValueError(
-            f"data.hr_size {hr_size} gives a {latent}x{latent} latent, not a multiple of the UNet's "
-            f"size multiple {unet.size_multiple}"
-        )
-    if vq.embed_dim != unet.out_channels:
-        raise ValueError(f"autoencoder embed_dim {vq.embed_dim} != UNet out_channels {unet.out_channels}")
-
-
-class TeacherStage:
+class TeacherStage(CheckpointParts):
     def __init__(self, recipe: TeacherRecipe, ctx: DistContext) -> None:
         self.recipe, self.ctx = recipe, ctx
         loop = recipe.loop
@@ -116,9 +79,7 @@ class TeacherStage:
             z_gt, z_y = batch.z_gt[i : i + micro], batch.z_y[i : i + micro]
             with self.ctx.sync([self.ddp], last_microbatch=i + micro >= len(batch)):
                 x_t = self.schedule.q_sample(z_gt, z_y, t[i : i + micro], eps[i : i + micro])
-                pred = self.ddp(
-                    self.schedule.scale_input(x_t, t[i : i + micro]), t[i : i + micro], batch.lr[i : i + micro]
-                )
+                pred = denoise(self.ddp, self.schedule, x_t, t[i : i + micro], batch.lr[i : i + micro])
                 loss = x0_mse(pred, z_gt).mean()  # method.md 1.2 (weighted_mse False)
                 (loss / n_accum).backward()
             total += loss.item() / n_accum
@@ -155,7 +116,7 @@ class TeacherStage:
             t = torch.full((len(val),), min(t_idx, self.schedule.T - 1), dtype=torch.long, device=self.ctx.device)
             eps = torch.randn(val.z_gt.shape, generator=gen).to(self.ctx.device)
             x_t = self.schedule.q_sample(val.z_gt, val.z_y, t, eps)
-            losses.append(x0_mse(net(self.schedule.scale_input(x_t, t), t, val.lr), val.z_gt).mean().item())
+            losses.append(x0_mse(denoise(net, self.schedule, x_t, t, val.lr), val.z_gt).mean().item())
         sampler = TeacherSampler(self.spec, net, self.vq)
         noise = torch.randn((len(val), sampler.noise_channels, *val.lr.shape[-2:]), generator=gen)
         sr = sampler(val.lr, noise.to(self.ctx.device))
@@ -169,18 +130,5 @@ class TeacherStage:
 
     # -- checkpoint state ------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "net": self.net.state_dict(),
-            "opt": self.opt.state_dict(),
-            "ema": self.ema.state_dict(),
-            "data": self.batches.state_dict(),
-            "noise": self.noise.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["net"])
-        self.opt.load_state_dict(state["opt"])
-        self.ema.load_state_dict(state["ema"])
-        self.batches.load_state_dict(state["data"])
-        self.noise.load_state_dict(state["noise"])
+    def checkpoint_parts(self) -> dict[str, Stateful]:
+        return {"net": self.net, "opt": self.opt, "ema": self.ema, "data": self.batches, "noise": self.noise}

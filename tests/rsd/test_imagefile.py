@@ -1,4 +1,4 @@
-"""rsd.imagefile: decoding every mode into RGB + alpha, hygiene errors, encoding back, atomic writes."""
+"""rsd.imagefile: decoding every mode into RGB + alpha, hygiene errors, encoding back."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from rsd.imagefile import (
     read_image_file,
     upscale_alpha,
 )
+from rsd.kinds import OUTPUT_FORMATS
 
 RNG = np.random.default_rng(0)
 
@@ -209,7 +210,7 @@ def test_one_pixel_image() -> None:
     assert out.size == (4, 4) and np.all(np.asarray(out) == [1, 2, 3])
 
 
-@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+@pytest.mark.parametrize("fmt", OUTPUT_FORMATS)
 def test_icc_profile_kept(fmt: str) -> None:
     profile = srgb_profile()
     decoded = read_image(encode(Image.new("RGB", (4, 4), (9, 99, 199)), "PNG", icc_profile=profile))

@@ -13,9 +13,9 @@ import torch
 from rsd.config import ScheduleConfig
 from rsd.schedule import Schedule
 
-# Golden array name -> Schedule attribute (the rest share the reference name).
-RENAMED = {"scale_input_std_float64": "input_scale"}
-SKIPPED = {"scale_input_factor_float64", "scale_input_std_float32_as_reference_computes"}
+# Golden arrays of the input scaling, checked through `scale_input` itself (the rest are Schedule
+# attributes of the reference name).
+SCALING = {"scale_input_std_float64", "scale_input_factor_float64", "scale_input_std_float32_as_reference_computes"}
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,12 @@ def _t(values: list[float]) -> torch.Tensor:
 
 def _steps(values: list[int]) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
+
+
+def _input_std(schedule: Schedule) -> np.ndarray:
+    """The std `scale_input` divides x_t by at each t, in float64: 1 / scale_input(1, t)."""
+    ones = torch.ones(schedule.T, 1, dtype=torch.float64)
+    return 1.0 / schedule.scale_input(ones, torch.arange(schedule.T)).numpy()[:, 0]
 
 
 def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -57,23 +63,25 @@ def test_golden_config_is_the_default(golden: dict[str, Any]) -> None:
 def test_arrays_match_reference(golden: dict[str, Any], schedule: Schedule) -> None:
     checked = 0
     for name, values in golden["arrays"].items():
-        if name in SKIPPED:
+        if name in SCALING:
             continue
-        ours = getattr(schedule, RENAMED.get(name, name))
+        ours = getattr(schedule, name)
         ref = np.asarray(values, dtype=np.float64)
         assert ours.dtype == np.float64, name
         assert ours.shape == ref.shape == (schedule.T,), name
         rel = np.abs(ours - ref) / np.maximum(np.abs(ref), 1e-300)
         assert rel.max() < 1e-12, (name, rel.max())
         checked += 1
-    assert checked == 11
+    assert checked == 10
+    std = np.asarray(golden["arrays"]["scale_input_std_float64"])
+    np.testing.assert_allclose(_input_std(schedule), std, rtol=1e-12, atol=0)
     factor = np.asarray(golden["arrays"]["scale_input_factor_float64"])
-    np.testing.assert_allclose(1.0 / schedule.input_scale, factor, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(1.0 / _input_std(schedule), factor, rtol=1e-12, atol=0)
 
 
 def test_appendix_a_quick_checks(schedule: Schedule) -> None:
     assert schedule.T == 15
-    assert schedule.input_scale[14] == pytest.approx(2.218197, abs=5e-7)
+    assert _input_std(schedule)[14] == pytest.approx(2.218197, abs=5e-7)
     assert schedule.kappa_times_sqrt_etas[-1] == pytest.approx(1.98, abs=1e-12)
     assert schedule.posterior_mean_coef2[0] == 1.0
     assert schedule.posterior_mean_coef1[0] == 0.0
@@ -144,10 +152,11 @@ def test_other_config_changes_tables_and_digest(schedule: Schedule) -> None:
 
 def test_non_latent_input_scale() -> None:
     sched = Schedule(ScheduleConfig(latent_flag=False))
-    np.testing.assert_allclose(sched.input_scale, 3 * sched.kappa * sched.sqrt_etas + 1, rtol=1e-15)
+    expected = 3 * sched.kappa * sched.sqrt_etas + 1
+    np.testing.assert_allclose(_input_std(sched), expected, rtol=1e-15)
     x = torch.ones(1, 3, 2, 2)
     out = sched.scale_input(x, _steps([14]))
-    assert _max_abs(out, x / float(sched.input_scale[14])) < 1e-6
+    assert _max_abs(out, x / float(expected[14])) < 1e-6
     unscaled = Schedule(ScheduleConfig(normalize_input=False))
     assert torch.equal(unscaled.scale_input(x, _steps([3])), x)
 
