@@ -24,6 +24,9 @@ BACKENDS: tuple[BackendKind, ...] = get_args(BackendKind)
 #: compute precisions a backend may run in
 DType = Literal["fp32", "fp16", "bf16"]
 DTYPES: tuple[DType, ...] = get_args(DType)
+#: what a user may ask for: a dtype, or "auto" (resolved by rsd.precision.resolve_dtype)
+DTypeChoice = Literal["auto", "fp32", "fp16", "bf16"]
+DTYPE_CHOICES: tuple[DTypeChoice, ...] = get_args(DTypeChoice)
 #: the precisions an ONNX export is written in (bf16 exists only as a TensorRT engine precision)
 OnnxDType = Literal["fp32", "fp16"]
 ONNX_DTYPES: tuple[OnnxDType, ...] = get_args(OnnxDType)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from rsd.family import FAMILY_NAMES
 from rsd.imagefile import ImageError
-from rsd.kinds import BACKENDS, BUNDLED_MODEL, DTYPES, FORMAT_SUFFIXES, OUTPUT_FORMATS, OutputFormat
+from rsd.kinds import BACKENDS, BUNDLED_MODEL, DTYPE_CHOICES, FORMAT_SUFFIXES, OUTPUT_FORMATS, OutputFormat
 from rsd.spec import ArtifactError
 
 #: errors that are the user's input, reported as one line with exit code 2 (never a traceback)
@@ -32,7 +33,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--outscale", type=float, default=None, help="final scale in (1, 4]: the x4 result resized with Lanczos"
     )
     up.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    up.add_argument("--dtype", choices=DTYPES, default="fp32")
+    up.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto", help="auto: bf16 on CPUs with native bf16, else fp32"
+    )
     up.add_argument("--backend", choices=BACKENDS, default="torch")
     up.add_argument("--blend", choices=["smooth", "uniform"], default="smooth")
     up.add_argument("--format", choices=OUTPUT_FORMATS, default=None, help="default: from suffix")
@@ -86,6 +89,7 @@ def run_upscale(args: argparse.Namespace) -> int:
     from rsd.imagefile import ImageLimits, encode_image, format_from_suffix, read_image_file
     from rsd.outscale import output_size
     from rsd.pipeline import choose_tile, upscale_array
+    from rsd.precision import resolve_dtype
     from rsd.spec import read_spec
 
     model_dir = args.model or default_model()
@@ -100,7 +104,10 @@ def run_upscale(args: argparse.Namespace) -> int:
             raise ImageError(exc.code, f"{path}: {exc}") from exc
     if not 1 <= args.quality <= 100:
         raise ValueError(f"--quality {args.quality} must be in 1..100")
-    upscaler = load_upscaler(model_dir, args.backend, device=args.device, dtype=args.dtype, tile=args.tile)
+    precision = resolve_dtype(args.dtype, args.backend, args.device)
+    upscaler = load_upscaler(model_dir, args.backend, device=args.device, dtype=precision.dtype, tile=args.tile)
+    # after loading, so that an error stays one line; one seed gives one image per (backend, dtype)
+    print(precision.describe(), file=sys.stderr)
     with upscaler:
         for src, image, target in zip(args.inputs, images, targets, strict=True):
             tile = choose_tile(upscaler.spec, image.rgb.shape[0], image.rgb.shape[1], args.tile)

@@ -367,6 +367,7 @@ async def readyz(state: State) -> JSONResponse:
         backlog_tiles=health.backlog,
         workers=health.workers,
         tiles_per_s=round(health.tiles_per_s, 3),
+        dtype=",".join(health.dtypes) or None,
     )
     return JSONResponse(info.model_dump(), status_code=200 if health.ready else 503)
 

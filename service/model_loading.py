@@ -16,11 +16,13 @@ log = logging.getLogger(__name__)
 
 def load_model(settings: ServiceSettings) -> Upscaler:
     from rsd.backends import load_upscaler
+    from rsd.precision import resolve_dtype
 
     if settings.torch_threads is not None and settings.backend == "torch":
         import torch
 
         torch.set_num_threads(settings.torch_threads)
 
-    log.info("loading %s (%s, %s, %s)", settings.model_dir, settings.backend, settings.device, settings.dtype)
-    return load_upscaler(settings.model_dir, settings.backend, settings.device, settings.dtype)
+    precision = resolve_dtype(settings.dtype, settings.backend, settings.device)  # one line names it and why
+    log.info("loading %s (%s, %s), %s", settings.model_dir, settings.backend, settings.device, precision.describe())
+    return load_upscaler(settings.model_dir, settings.backend, settings.device, precision.dtype)

@@ -147,6 +147,9 @@ class HealthInfo(BaseModel):
     backlog_tiles: int
     workers: int
     tiles_per_s: float
+    #: the dtype the ready workers' model runs (RSD_DTYPE resolved: "bf16", "fp32", ...); several,
+    #: comma-separated, when Redis-mode workers differ; null while no worker is ready
+    dtype: str | None = None
 
 
 class Liveness(BaseModel):

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from rsd.kinds import BUNDLED_MODEL, BackendKind, DType, OutputFormat
+from rsd.kinds import BUNDLED_MODEL, BackendKind, DTypeChoice, OutputFormat
 
 
 def _instance_id() -> str:
@@ -33,7 +33,9 @@ class ServiceSettings(BaseSettings):
     model_dir: Path = Field(default=BUNDLED_MODEL, validation_alias=AliasChoices("RSD_MODEL", "model_dir"))
     backend: BackendKind = "torch"
     device: str = "cpu"
-    dtype: DType = "fp32"
+    #: "auto": the fastest safe dtype for the backend and device (rsd.precision; bf16 on CPUs with
+    #: native bf16, else fp32); one seed gives one image per (backend, dtype)
+    dtype: DTypeChoice = "auto"
     #: "one": warm up one batch of one tile before answering ready; "all": every batch size up to
     #: max_batch_tiles at every tile size (first calls of a new shape are slow on some backends)
     warmup: Literal["one", "all"] = "one"

@@ -41,6 +41,7 @@ import numpy as np
 
 from rsd.imagefile import DecodedImage, ImageError, encode_image, read_image
 from rsd.pipeline import PreparedImage, finish_image, prepare_image, run_tiles
+from rsd.precision import dtype_in_name
 from service import metrics
 from service.batching import BatchSlice, PendingTiles, next_batch
 from service.jobs import CONTENT_TYPES, ClaimedJob, JobResult
@@ -179,7 +180,7 @@ class Worker:
     def beat(self) -> None:
         """Tell the queue this worker is alive (and ready, and how fast); never raises."""
         try:
-            self.queue.heartbeat(self.ready, self.tiles_per_s)
+            self.queue.heartbeat(self.ready, self.tiles_per_s, dtype_in_name(self.upscaler.name))
         except Exception as exc:
             log.warning("heartbeat failed: %s", exc)
 

@@ -7,19 +7,22 @@ from pathlib import Path
 from typing import Literal
 
 from rsd.backends.base import Upscaler
-from rsd.kinds import BackendKind, DType
+from rsd.kinds import BackendKind, DType, DTypeChoice
+from rsd.precision import resolve_dtype
 
-__all__ = ["BackendKind", "DType", "Upscaler", "load_upscaler"]
+__all__ = ["BackendKind", "DType", "DTypeChoice", "Upscaler", "load_upscaler"]
 
 
 def load_upscaler(
     model_dir: str | Path,
     kind: BackendKind = "torch",
     device: str = "cpu",
-    dtype: DType = "fp32",
+    dtype: DTypeChoice = "auto",
     tile: int | None = None,
 ) -> Upscaler:
-    """Build the Upscaler of `kind` for an artifact directory (`tile` picks an exported engine)."""
+    """Build the Upscaler of `kind` for an artifact directory (`tile` picks an exported engine);
+    `dtype="auto"` is resolved by rsd.precision.resolve_dtype."""
+    dtype = resolve_dtype(dtype, kind, device).dtype
     match kind:
         case "torch":
             from rsd.backends.torch_backend import TorchUpscaler

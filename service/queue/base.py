@@ -93,6 +93,8 @@ class Health:
     backlog: int
     workers: int
     tiles_per_s: float
+    #: the dtypes the ready workers run (sorted, distinct; empty when none is ready)
+    dtypes: tuple[str, ...] = ()
 
 
 def retry_after(excess_tiles: float, tiles_per_s: float) -> int:
@@ -190,8 +192,9 @@ class WorkerQueue(ABC):
         Transports that pay for a write throttle it (serving.md "Worker loop")."""
 
     @abstractmethod
-    def heartbeat(self, ready: bool, tiles_per_s: float) -> None:
-        """Tell API replicas this worker is alive, warmed (`ready`) and its measured throughput."""
+    def heartbeat(self, ready: bool, tiles_per_s: float, dtype: str | None = None) -> None:
+        """Tell API replicas this worker is alive, warmed (`ready`), its measured throughput and the
+        dtype its model runs (shown by /readyz)."""
 
     def close(self) -> None:  # noqa: B027
         """Release connections; the worker calls it when it exits."""

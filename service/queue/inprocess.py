@@ -106,6 +106,7 @@ class InProcessQueue(ApiQueue, WorkerQueue):
         self._backlog = 0
         self._worker_ready = False
         self._worker_rate = 0.0
+        self._worker_dtype: str | None = None
         self._last_heartbeat = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -236,7 +237,8 @@ class InProcessQueue(ApiQueue, WorkerQueue):
                 reason = "the worker thread stopped answering"
             else:
                 reason = "the model is loading or warming up"
-            return Health(ready, reason, self._backlog, int(ready), self._rate())
+            dtypes = (self._worker_dtype,) if ready and self._worker_dtype else ()
+            return Health(ready, reason, self._backlog, int(ready), self._rate(), dtypes)
 
     # ------------------------------------------------------------------ worker side
     def claim(self, max_jobs: int, max_wait_s: float) -> list[ClaimedJob]:
@@ -304,10 +306,11 @@ class InProcessQueue(ApiQueue, WorkerQueue):
     def fail(self, job: ClaimedJob, code: str, message: str) -> bool:
         return self._finish(job.id, JobStatus.FAILED, code, message)
 
-    def heartbeat(self, ready: bool, tiles_per_s: float) -> None:
+    def heartbeat(self, ready: bool, tiles_per_s: float, dtype: str | None = None) -> None:
         with self._cond:
             self._worker_ready = ready
             self._worker_rate = tiles_per_s
+            self._worker_dtype = dtype
             self._last_heartbeat = time.time()
 
     # ------------------------------------------------------------------ shared

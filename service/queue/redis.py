@@ -141,7 +141,8 @@ class RedisApiQueue(ApiQueue):
         self._waiters: dict[str, list[asyncio.Event]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
-        self._rate_cache: tuple[float, float, int] = (0.0, 0.0, 0)  # (read at, tiles/s, workers)
+        #: (read at, tiles/s, ready workers, the dtypes the ready workers run)
+        self._rate_cache: tuple[float, float, int, tuple[str, ...]] = (0.0, 0.0, 0, ())
 
     async def start(self) -> None:
         try:
@@ -174,14 +175,16 @@ class RedisApiQueue(ApiQueue):
     # ------------------------------------------------------------------ admission
     async def _throughput(self) -> tuple[float, int]:
         """Measured tiles/s summed over fresh workers (cached 1 s), or the assumed rate."""
-        read_at, rate, workers = self._rate_cache
+        read_at, rate, workers, _ = self._rate_cache
         now = time.time()
         if now - read_at > 1.0:
             raw = await self._client.hgetall(self._keys.workers)
             beats = fresh_workers(_texts(raw), now, self._settings.worker_heartbeat_s)
-            workers = sum(1 for beat in beats if beat.get("ready"))
+            ready = [beat for beat in beats if beat.get("ready")]
+            workers = len(ready)
             rate = sum(float(beat.get("tiles_per_s", 0.0)) for beat in beats)
-            self._rate_cache = (now, rate, workers)
+            dtypes = tuple(sorted({str(beat["dtype"]) for beat in ready if beat.get("dtype")}))
+            self._rate_cache = (now, rate, workers, dtypes)
         return (rate if rate > 0 else self._settings.assumed_tiles_per_s), workers
 
     # ------------------------------------------------------------------ result store
@@ -371,13 +374,14 @@ class RedisApiQueue(ApiQueue):
             with unavailable_on_error(self._url):
                 await self._client.ping()
                 backlog = int(await self._client.get(self._keys.backlog) or 0)
-                self._rate_cache = (0.0, 0.0, 0)
+                self._rate_cache = (0.0, 0.0, 0, ())
                 rate, workers = await self._throughput()
+                dtypes = self._rate_cache[3]
         except QueueUnavailable as exc:
             return Health(False, str(exc), 0, 0, 0.0)
         if workers == 0:
             return Health(False, "no model worker is ready (none has sent a heartbeat recently)", backlog, 0, rate)
-        return Health(True, "ok", backlog, workers, rate)
+        return Health(True, "ok", backlog, workers, rate, dtypes)
 
 
 def _text(value: bytes | str | None) -> str:

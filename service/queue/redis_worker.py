@@ -225,8 +225,8 @@ class RedisWorkerQueue(WorkerQueue):
         )
         return int(ended) == 1
 
-    def heartbeat(self, ready: bool, tiles_per_s: float) -> None:
-        beat: dict[str, Any] = {"time": time.time(), "ready": ready, "tiles_per_s": tiles_per_s}
+    def heartbeat(self, ready: bool, tiles_per_s: float, dtype: str | None = None) -> None:
+        beat: dict[str, Any] = {"time": time.time(), "ready": ready, "tiles_per_s": tiles_per_s, "dtype": dtype}
         self._client.hset(self._keys.workers, self.consumer, json.dumps(beat))
 
     def backlog(self) -> int:

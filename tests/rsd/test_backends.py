@@ -21,7 +21,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def torch_fp32(tiny: Path) -> TorchUpscaler:
-    upscaler = load_upscaler(tiny, "torch")
+    upscaler = load_upscaler(tiny, "torch", dtype="fp32")
     assert isinstance(upscaler, TorchUpscaler)
     return upscaler
 

@@ -53,7 +53,7 @@ class FakeUpscaler:
     gate (if given) holds every batch except warm-ups (all seeds 0) until it is set.
     """
 
-    name = "fake-numpy"
+    name = "fake-numpy-fp32"  # computes in float32; the dtype part is what a worker reports (rsd.precision)
 
     def __init__(
         self,

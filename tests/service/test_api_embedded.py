@@ -233,7 +233,20 @@ def test_readiness_waits_for_the_warmed_model(fake_model: Path) -> None:
         assert client.get("/healthz").status_code == 200
         gate.set()
         wait_client_ready(client)
+        after = client.get("/readyz").json()
     assert before.status_code == 503 and before.json()["status"] == "unavailable"
+    # the dtype comes from the loaded upscaler (its name), not from the settings' "auto"
+    assert before.json()["dtype"] is None and after["dtype"] == "fp32"
+
+
+def test_readiness_shows_the_dtype_the_loaded_model_runs(fake_model: Path) -> None:
+    class Bf16(FakeUpscaler):
+        name = "fake-numpy-bf16"
+
+    client, _, _ = embedded_client(fake_model, Bf16())
+    with client:
+        wait_client_ready(client)
+        assert client.get("/readyz").json()["dtype"] == "bf16"
 
 
 def test_bad_parameters_are_422_json(fake_model: Path) -> None:

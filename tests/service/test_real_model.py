@@ -68,6 +68,12 @@ def test_serve_command_embedded(tiny_model: Path, processes: Processes) -> None:
     response = httpx.post(f"{base}/upscale", files={"image": ("x.png", png_bytes(20, 20), "image/png")}, timeout=120)
     assert response.status_code == 200, response.text
     assert response.headers["x-seed"].isdigit()
+    # RSD_DTYPE defaults to auto: the start-up log names the choice, /readyz shows it
+    from rsd.precision import resolve_dtype
+
+    here = resolve_dtype("auto")
+    assert httpx.get(f"{base}/readyz", timeout=10).json()["dtype"] == here.dtype
+    assert here.describe() in processes.log("serve")
     with Image.open(io.BytesIO(response.content)) as out:
         assert out.size == (80, 80)
     page = httpx.get(f"{base}/")

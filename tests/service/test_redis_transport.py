@@ -195,6 +195,8 @@ def test_redis_down_gives_503_with_reason_and_service_recovers(
     stack.start_worker("worker")
     base = stack.start_api()
     wait_ready(base)
+    # an API replica loads no model: its /readyz shows the dtype the workers report in their heartbeats
+    assert httpx.get(f"{base}/readyz", timeout=10).json()["dtype"] == "fp32"
     image = {"image": ("x.png", png_bytes(16, 16), "image/png")}
     assert httpx.post(f"{base}/upscale", files=image, timeout=10).status_code == 200
     redis_server.stop()
