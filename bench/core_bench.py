@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from rsd.config import ScheduleConfig, UNetConfig, VQConfig
+from rsd.config import UNetConfig, VQConfig
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
 from rsd.onestep import OneStepSR, bicubic_x4
@@ -34,15 +34,9 @@ def build(config: str) -> tuple[OneStepSR, TeacherSampler]:
 
         student_cfg, vq_cfg = TINY_UNET, TINY_VQ
     teacher_cfg = student_cfg.with_noise_channels(0)
-    spec = ModelSpec(
-        student=student_cfg,
-        autoencoder=vq_cfg,
-        schedule=ScheduleConfig(),
-        teacher=teacher_cfg,
-        tiles=[student_cfg.size_multiple],
-        default_tile=student_cfg.size_multiple,
-        default_overlap=0,
-    )
+    side = student_cfg.size_multiple
+    nets = {"student": student_cfg, "autoencoder": vq_cfg, "teacher": teacher_cfg}
+    spec = ModelSpec(**nets, tiles=[side], default_tile=side, default_overlap=0)  # the default schedule
     torch.manual_seed(0)
     autoencoder = VQModelTorch(vq_cfg).eval()
     student = UNetModelSwin(student_cfg).eval()

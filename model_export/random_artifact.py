@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from rsd.artifact import joined_weights, save_artifact
-from rsd.config import ScheduleConfig, UNetConfig, VQConfig
+from rsd.config import UNetConfig, VQConfig
 from rsd.nets.unet import UNetModelSwin
 from rsd.nets.vqgan import VQModelTorch
 from rsd.spec import ModelSpec
@@ -30,27 +30,48 @@ def randomised_state(module: torch.nn.Module, generator: torch.Generator, std: f
     return state
 
 
-def write_random_artifact(out: str | Path, seed: int = 0, teacher: bool = True) -> Path:
-    """Write the official student (+ teacher) UNet and VQ-f4 with random weights into `out`."""
+def random_weights(
+    spec: ModelSpec,
+    seed: int,
+    stds: tuple[float, float],
+    *,
+    spread_codebook: bool = False,
+    shared_teacher: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Artifact weights for `spec`'s nets: student, autoencoder, then teacher, each `randomised_state`
+    from one generator seeded with `seed` (torch's global seed too: the nets' own initialisation).
+    stds: the noise std of the UNets' and of the autoencoder's weights.
+
+    spread_codebook: a standard-normal VQ codebook (see the module docstring). shared_teacher: the
+    teacher's weights are the student's (a teacher-only artifact, spec.student == spec.teacher).
+    """
+    unet_std, vq_std = stds
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    student_cfg = UNetConfig(noise_channels=1)
-    teacher_cfg = student_cfg.with_noise_channels(0) if teacher else None
-    vq_cfg = VQConfig()
-    student = randomised_state(UNetModelSwin(student_cfg), generator, 0.01)
-    autoencoder = randomised_state(VQModelTorch(vq_cfg), generator, 0.0)
-    autoencoder["quantize.embedding.weight"] = torch.randn(vq_cfg.n_embed, vq_cfg.embed_dim, generator=generator)
-    teacher_state = None if teacher_cfg is None else randomised_state(UNetModelSwin(teacher_cfg), generator, 0.01)
-    weights = joined_weights(student, autoencoder, teacher_state)
+    student = randomised_state(UNetModelSwin(spec.student), generator, unet_std)
+    autoencoder = randomised_state(VQModelTorch(spec.autoencoder), generator, vq_std)
+    if spread_codebook:
+        shape = (spec.autoencoder.n_embed, spec.autoencoder.embed_dim)
+        autoencoder["quantize.embedding.weight"] = torch.randn(shape, generator=generator)
+    if spec.teacher is None:
+        teacher = None
+    elif shared_teacher:
+        teacher = student
+    else:
+        teacher = randomised_state(UNetModelSwin(spec.teacher), generator, unet_std)
+    return joined_weights(student, autoencoder, teacher)
+
+
+def write_random_artifact(out: str | Path, seed: int = 0, teacher: bool = True) -> Path:
+    """Write the official student (+ teacher) UNet and VQ-f4 with random weights into `out`."""
+    student = UNetConfig(noise_channels=1)
+    provenance = {"weights": f"random (seed {seed}); for export and speed checks only"}
     spec = ModelSpec(
         name="official-random",
-        student=student_cfg,
-        autoencoder=vq_cfg,
-        schedule=ScheduleConfig(),
-        teacher=teacher_cfg,
-        tiles=[64, 128],
-        default_tile=64,
-        default_overlap=16,
-        provenance={"weights": f"random (seed {seed}); for export and speed checks only"},
-    )
+        student=student,
+        autoencoder=VQConfig(),
+        teacher=student.with_noise_channels(0) if teacher else None,
+        provenance=provenance,
+    )  # the schedule, tiles [64, 128], default tile 64 and overlap 16 are ModelSpec's defaults
+    weights = random_weights(spec, seed, stds=(0.01, 0.0), spread_codebook=True)
     return save_artifact(out, spec, weights)

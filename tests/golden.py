@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsd.artifact import joined_weights, save_artifact
-from rsd.config import ScheduleConfig, UNetConfig, VQConfig
-from rsd.spec import ModelSpec
+from rsd.config import UNetConfig, VQConfig
 
 
 def load_npz(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
@@ -27,26 +25,6 @@ def golden_configs(ref_dir: Path) -> tuple[UNetConfig, UNetConfig, VQConfig]:
     student = teacher.with_noise_channels(1)
     vq = VQConfig(**json.loads((ref_dir / "vq_f4_small.json").read_text())["config"])
     return teacher, student, vq
-
-
-def golden_artifact(ref_dir: Path, out: Path, with_teacher: bool = False) -> Path:
-    """An artifact whose student/teacher/VQ weights are the small goldens' perturbed weights."""
-    teacher_cfg, student_cfg, vq_cfg = golden_configs(ref_dir)
-    student_state, _ = load_npz(ref_dir / "unet_swin_small_student.npz")
-    vq_state, _ = load_npz(ref_dir / "vq_f4_small.npz")
-    teacher_state = load_npz(ref_dir / "unet_swin_small.npz")[0] if with_teacher else None
-    weights = joined_weights(student_state, vq_state, teacher_state)
-    spec = ModelSpec(
-        name="golden-small",
-        student=student_cfg,
-        autoencoder=vq_cfg,
-        schedule=ScheduleConfig(),
-        teacher=teacher_cfg if with_teacher else None,
-        tiles=[64],
-        default_tile=64,
-        default_overlap=16,
-    )
-    return save_artifact(out, spec, weights)
 
 
 #: the published files' layouts (method.md 6): DDP `module.` prefixes, a bare state dict, and the

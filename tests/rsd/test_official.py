@@ -11,7 +11,8 @@ import torch
 from rsd.official import convert_family, read_checkpoint
 from rsd.onestep import OneStepSR
 from rsd.spec import ArtifactError
-from tests.golden import golden_artifact, golden_configs, load_npz
+from tests.factories import golden_artifact
+from tests.golden import golden_configs, load_npz
 
 
 def _save(path: Path, obj: object) -> Path:

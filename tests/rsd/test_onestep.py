@@ -15,8 +15,8 @@ from rsd.nets.vqgan import VQModelTorch
 from rsd.noise import draw_noise_batch
 from rsd.onestep import OneStepSR
 from rsd.sampler import TeacherSampler
-from tests.factories import make_tiny_artifact
-from tests.golden import golden_artifact, golden_configs, load_npz
+from tests.factories import golden_artifact, make_tiny_artifact
+from tests.golden import golden_configs, load_npz
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from rsd.spec import ArtifactError
-from tests.training.tiny import CONFIGS, REPO, TEACHER, make_teacher_artifact, tiny_recipe
+from tests.factories import TEACHER, make_teacher_artifact
+from tests.training.tiny import CONFIGS, REPO, tiny_recipe
 from training.config import ConfigError, DistillRecipe, TeacherRecipe, load_recipe
 from training.data import BatchStream, DataError, PairDataset, list_images, random_hr_crop
 from training.distributed import DistContext

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.factories import make_teacher_artifact
 from tests.training.test_resume import flat
-from tests.training.tiny import REPO, make_teacher_artifact, tiny_recipe
+from tests.training.tiny import REPO, tiny_recipe
 from training.loop import find_checkpoint
 
 WORKER = Path(__file__).with_name("ddp_worker.py")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rsd.onestep import OneStepSR
-from tests.training.tiny import make_teacher_artifact, tiny_recipe
+from tests.factories import make_teacher_artifact
+from tests.training.tiny import tiny_recipe
 from training.distill import DistillStage
 from training.distributed import DistContext
 
@@ -102,7 +103,7 @@ def test_bad_distill_settings_fail_before_training(teacher_dir, tmp_path, distil
 
 
 def test_gan_head_needs_an_8x8_bottleneck(tmp_path):
-    from tests.training.tiny import TEACHER
+    from tests.factories import TEACHER
 
     small_window = TEACHER.model_copy(update={"window_size": 4, "image_size": 8, "attention_resolutions": [8]})
     teacher = make_teacher_artifact(tmp_path / "w4", unet=small_window)

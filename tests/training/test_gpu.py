@@ -10,7 +10,8 @@ import torch
 
 from rsd.config import ScheduleConfig, UNetConfig, VQConfig
 from rsd.onestep import OneStepSR
-from tests.training.tiny import make_teacher_artifact, tiny_recipe
+from tests.factories import make_teacher_artifact
+from tests.training.tiny import tiny_recipe
 from training.distributed import DistContext
 from training.run import build_stage, train
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.tiny import make_teacher_artifact, tiny_recipe
+from tests.factories import make_teacher_artifact
+from tests.training.tiny import tiny_recipe
 from training.loop import ResumeError, find_checkpoint
 from training.run import train
 

@@ -11,7 +11,8 @@ import torch
 
 from rsd.artifact import load_artifact
 from rsd.sampler import TeacherSampler
-from tests.training.tiny import make_teacher_artifact, tiny_recipe
+from tests.factories import make_teacher_artifact
+from tests.training.tiny import tiny_recipe
 from training.distributed import DistContext
 from training.optim import EMA, set_lr
 from training.teacher import TeacherStage
