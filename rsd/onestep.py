@@ -11,7 +11,7 @@ same image on torch, onnxruntime and TensorRT.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 import torch
 import torch.nn.functional as F
@@ -84,20 +84,25 @@ def should_check() -> bool:
     return not torch.jit.is_tracing() and not torch.compiler.is_compiling()
 
 
-class OneStepSR(nn.Module):
-    """One-step x4 super-resolution. Build it with `OneStepSR.from_artifact(dir)` only."""
+class DenoisingGraph(nn.Module):
+    """What every sampling graph is made of: the spec, its schedule, the artifact's `student.*` net
+    inside a Denoiser, and the autoencoder. OneStepSR and rsd.sampler.AncestralSR build on it."""
 
-    def __init__(self, spec: ModelSpec, student: UNetModelSwin, autoencoder: VQModelTorch) -> None:
+    def __init__(self, spec: ModelSpec, net: UNetModelSwin, autoencoder: VQModelTorch) -> None:
         super().__init__()
         self.spec = spec
         self.schedule = Schedule(spec.schedule)
-        self.denoiser = Denoiser(student, self.schedule)
+        self.denoiser = Denoiser(net, self.schedule)
         self.autoencoder = autoencoder
 
     @classmethod
-    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> OneStepSR:
-        """Strictly load an artifact directory (spec.json + weights.safetensors), eval mode."""
+    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> Self:
+        """Strictly load an artifact directory (spec.json + weights.safetensors; its `student.*` net), eval mode."""
         return cls(*load_nets(model_dir, "student", device)).eval()
+
+
+class OneStepSR(DenoisingGraph):
+    """One-step x4 super-resolution. Build it with `OneStepSR.from_artifact(dir)` only."""
 
     @property
     def noise_channels(self) -> int:

@@ -11,32 +11,26 @@ exporter and the service run either without knowing which (architecture.md invar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
 import torch
-from torch import nn
 
-from rsd.denoiser import Denoiser
-from rsd.nets.unet import UNetModelSwin
-from rsd.nets.vqgan import VQModelTorch
-from rsd.onestep import OneStepSR, SRGraph, bicubic_x4, check_graph_input, finish_output, load_nets, should_check
-from rsd.schedule import Schedule
-from rsd.spec import ModelSpec, read_spec
+from rsd.onestep import (
+    DenoisingGraph,
+    OneStepSR,
+    SRGraph,
+    bicubic_x4,
+    check_graph_input,
+    finish_output,
+    load_nets,
+    should_check,
+)
+from rsd.spec import read_spec
 
 
-class AncestralSR(nn.Module):
-    """K = schedule.steps ancestral steps with `net` (no noise input), unrolled; `from_artifact` only."""
-
-    def __init__(self, spec: ModelSpec, net: UNetModelSwin, autoencoder: VQModelTorch) -> None:
-        super().__init__()
-        self.spec = spec
-        self.schedule = Schedule(spec.schedule)
-        self.denoiser = Denoiser(net, self.schedule)
-        self.autoencoder = autoencoder
-
-    @classmethod
-    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> AncestralSR:
-        """An ancestral artifact's own net (`student.*`: ResShift s15 / s4)."""
-        return cls(*load_nets(model_dir, "student", device)).eval()
+class AncestralSR(DenoisingGraph):
+    """K = schedule.steps ancestral steps with `net` (no noise input), unrolled; `from_artifact` only
+    (an ancestral artifact's own net is its `student.*`: ResShift s15 / s4)."""
 
     @property
     def latent_channels(self) -> int:
@@ -78,7 +72,7 @@ class TeacherSampler(AncestralSR):
     """The 15-step sampler over an RSD artifact's `teacher.*` net (baseline and quality reference)."""
 
     @classmethod
-    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> TeacherSampler:
+    def from_artifact(cls, model_dir: str | Path, device: str | torch.device = "cpu") -> Self:
         return cls(*load_nets(model_dir, "teacher", device)).eval()
 
 

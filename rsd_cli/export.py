@@ -57,13 +57,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     rand.set_defaults(handler=run_random_artifact)
 
     verify = sub.add_parser("verify", help="parity of exported backends against torch fp32")
-    _common(verify)
-    verify.add_argument(
-        "--backends",
-        type=_name_list,
-        default=None,
-        help="comma-separated variants (default: every exported file runnable here)",
-    )
+    _common(verify, backends="comma-separated variants (default: every exported file runnable here)")
     verify.add_argument("--tiles", type=int, default=3)
     verify.add_argument("--batch-sizes", type=_int_list, default=[1, 3])
     verify.add_argument("--tolerance", type=float, default=1e-3, help="max-abs on [-1, 1] for fp32 backends")
@@ -71,12 +65,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     verify.set_defaults(handler=run_verify)
 
     bench = sub.add_parser("bench", help="latency and throughput per backend, one-step vs 15-step")
-    _common(bench)
-    bench.add_argument(
-        "--backends",
-        type=_name_list,
-        default=None,
-        help="comma-separated variants; torch-fp32 is always measured as the baseline "
+    _common(
+        bench,
+        backends="comma-separated variants; torch-fp32 is always measured as the baseline "
         "(default: torch-fp32,torch-bf16,onnxruntime-fp32 on CPU; on CUDA eager vs CUDA graphs x fp16/bf16)",
     )
     bench.add_argument("--batches", type=_int_list, default=[1, 2, 4, 8])
@@ -87,11 +78,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     bench.set_defaults(handler=run_bench)
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, backends: str) -> None:
+    """The options `verify` and `bench` share; `backends` is the help of their --backends."""
     parser.add_argument("--model", type=Path, required=True, help="artifact directory")
     parser.add_argument("--tile", type=int, default=None, help="LR tile side (default: the model's)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (torch variants)")
     parser.add_argument("--threads", type=int, default=None, help="torch / onnxruntime intra-op threads")
+    parser.add_argument("--backends", type=_name_list, default=None, help=backends)
 
 
 def _tile(args: argparse.Namespace) -> int:

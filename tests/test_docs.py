@@ -122,11 +122,18 @@ def citation_problems(text: str, where: str, docs: Path) -> list[Problem]:
     problems = []
     notes = {n: docs / f"{n}.md" for n in NOTES}
     readme = docs.parent / "README.md"
-    for match in SECTION_CITE.finditer(text):
-        known = section_numbers(notes["method"]) if notes["method"].exists() else set()
-        for number in _expand(match["list"]):
-            if number not in known:
-                problems.append(Problem(where, match[0], f"docs/method.md has no section {number}"))
+    numbered = (  # (citation, its numbers, the numbers the note has, what a missing one is)
+        (SECTION_CITE, _expand, section_numbers, "method", "section"),
+        (INVARIANT_CITE, _split, invariant_numbers, "architecture", "invariant"),
+    )
+    for pattern, numbers, known_in, note, kind in numbered:
+        for match in pattern.finditer(text):
+            known = known_in(notes[note]) if notes[note].exists() else set()
+            problems += [
+                Problem(where, match[0], f"docs/{note}.md has no {kind} {number}")
+                for number in numbers(match["list"])
+                if number not in known
+            ]
     for match in QUOTED_CITE.finditer(text):
         doc = match["doc"]
         path = readme if doc.startswith("README") else docs / doc
@@ -134,11 +141,6 @@ def citation_problems(text: str, where: str, docs: Path) -> list[Problem]:
         for name in re.findall(r'"([^"\n]+)"', match["list"]):
             if not names_heading(name, titles):
                 problems.append(Problem(where, match[0], f"{path.relative_to(docs.parent)} has no heading {name!r}"))
-    for match in INVARIANT_CITE.finditer(text):
-        known = invariant_numbers(notes["architecture"]) if notes["architecture"].exists() else set()
-        for number in _split(match["list"]):
-            if number not in known:
-                problems.append(Problem(where, match[0], f"docs/architecture.md has no invariant {number}"))
     for match in FILE_CITE.finditer(text):
         if match["name"] in NOTES and not notes[match["name"]].exists():
             problems.append(Problem(where, match[0], f"docs/{match['name']}.md does not exist"))
@@ -198,6 +200,7 @@ def test_the_notes_exist_with_their_cited_structure() -> None:
         ("# see method.md 9.9", "no section 9.9"),
         ("# method.md 4.1-4.99", "no section 4.99"),
         ('"""serving.md "Worker loops"."""', "no heading 'Worker loops'"),
+        ('# serving.md "No such heading"', "no heading 'No such heading'"),
         ('# serving.md "Queue", "Redis layot"', "no heading 'Redis layot'"),
         ("# (architecture.md invariants 1, 7)", "no invariant 7"),
         ('# README "Nowhere"', "no heading 'Nowhere'"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -87,15 +88,27 @@ def _shape_beta(rng: np.random.Generator, beta_range: tuple[float, float]) -> fl
     return float(rng.uniform(lo, 1.0) if rng.uniform() < 0.5 else rng.uniform(1.0, hi))
 
 
-def random_mixed_kernel(
-    rng: np.random.Generator,
-    size: int,
-    probs: tuple[float, ...],
-    sigma_range: tuple[float, float],
-    betag_range: tuple[float, float],
-    betap_range: tuple[float, float],
-) -> tuple[str, np.ndarray]:
-    """One of KERNEL_TYPES (drawn with `probs`) with random sigma, rotation and shape."""
+class BlurStage(NamedTuple):
+    """The blur settings of one degradation stage (DegradationConfig's fields, first or second stage)."""
+
+    max_size: int  # blur_kernel_size
+    sinc_prob: float
+    probs: tuple[float, ...]  # kernel_prob: one per KERNEL_TYPES
+    sigma_range: tuple[float, float]  # blur_sigma
+    betag_range: tuple[float, float]
+    betap_range: tuple[float, float]
+
+    @classmethod
+    def of(cls, cfg: DegradationConfig, stage: Literal[1, 2]) -> BlurStage:
+        """Stage 1 reads the plain field names, stage 2 the same names suffixed with 2 (the RSD.yaml keys)."""
+        suffix = "" if stage == 1 else "2"
+        names = ("blur_kernel_size", "sinc_prob", "kernel_prob", "blur_sigma", "betag_range", "betap_range")
+        return cls(*(getattr(cfg, name + suffix) for name in names))
+
+
+def random_mixed_kernel(rng: np.random.Generator, size: int, stage: BlurStage) -> tuple[str, np.ndarray]:
+    """One of KERNEL_TYPES (drawn with the stage's `probs`) with random sigma, rotation and shape."""
+    probs, sigma_range = stage.probs, stage.sigma_range
     kind = KERNEL_TYPES[int(rng.choice(len(KERNEL_TYPES), p=np.asarray(probs) / np.sum(probs)))]
     sigma_x = float(rng.uniform(*sigma_range))
     if kind.endswith("aniso"):
@@ -104,28 +117,21 @@ def random_mixed_kernel(
     else:
         sigma_y, theta = sigma_x, 0.0
     if kind.startswith("generalized"):
-        return kind, generalized_gaussian_kernel(size, sigma_x, sigma_y, theta, _shape_beta(rng, betag_range))
+        return kind, generalized_gaussian_kernel(size, sigma_x, sigma_y, theta, _shape_beta(rng, stage.betag_range))
     if kind.startswith("plateau"):
-        return kind, plateau_kernel(size, sigma_x, sigma_y, theta, _shape_beta(rng, betap_range))
+        return kind, plateau_kernel(size, sigma_x, sigma_y, theta, _shape_beta(rng, stage.betap_range))
     return kind, gaussian_kernel(size, sigma_x, sigma_y, theta)
 
 
-def sample_blur_kernel(
-    rng: np.random.Generator,
-    max_size: int,
-    sinc_prob: float,
-    probs: tuple[float, ...],
-    sigma_range: tuple[float, float],
-    betag_range: tuple[float, float],
-    betap_range: tuple[float, float],
-) -> tuple[str, np.ndarray]:
+def sample_blur_kernel(rng: np.random.Generator, stage: BlurStage) -> tuple[str, np.ndarray]:
     """A stage's blur kernel: size odd in [3, max_size - 2], sinc with `sinc_prob`, padded to max_size."""
+    max_size = stage.max_size
     size = int(rng.choice(np.arange(3, max_size, 2)))
-    if rng.uniform() < sinc_prob:
+    if rng.uniform() < stage.sinc_prob:
         # Real-ESRGAN: wider cut-off range only for the large kernels.
         omega_c = float(rng.uniform(math.pi / 3, math.pi) if size < 13 else rng.uniform(math.pi / 5, math.pi))
         return "sinc", sinc_kernel(size, omega_c, pad_to=max_size)
-    kind, kernel = random_mixed_kernel(rng, size, probs, sigma_range, betag_range, betap_range)
+    kind, kernel = random_mixed_kernel(rng, size, stage)
     return kind, pad_kernel(kernel, max_size)
 
 
@@ -256,18 +262,8 @@ def degrade(
     if h % s or w % s:
         raise ValueError(f"hr size {(h, w)} is not a multiple of the scale {s}")
     trace = trace if trace is not None else DegradationTrace()
-    kind1, k1 = sample_blur_kernel(
-        rng, cfg.blur_kernel_size, cfg.sinc_prob, cfg.kernel_prob, cfg.blur_sigma, cfg.betag_range, cfg.betap_range
-    )
-    kind2, k2 = sample_blur_kernel(
-        rng,
-        cfg.blur_kernel_size2,
-        cfg.sinc_prob2,
-        cfg.kernel_prob2,
-        cfg.blur_sigma2,
-        cfg.betag_range2,
-        cfg.betap_range2,
-    )
+    kind1, k1 = sample_blur_kernel(rng, BlurStage.of(cfg, 1))
+    kind2, k2 = sample_blur_kernel(rng, BlurStage.of(cfg, 2))
     final_sinc = None
     if rng.uniform() < cfg.final_sinc_prob:
         size = int(rng.choice(np.arange(3, cfg.blur_kernel_size2, 2)))

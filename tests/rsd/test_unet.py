@@ -45,22 +45,26 @@ def _load_npz(ref_dir: Path, name: str) -> tuple[dict[str, torch.Tensor], dict[s
     return state, io
 
 
-@pytest.fixture(scope="module")
-def teacher_golden(ref_dir: Path) -> tuple[UNetModelSwin, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    state, io = _load_npz(ref_dir, "unet_swin_small")
+Golden = tuple[UNetModelSwin, dict[str, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def _golden(ref_dir: Path, name: str) -> Golden:
+    """(model with the golden's weights, its state dict, its io.* arrays) of golden `name`."""
+    state, io = _load_npz(ref_dir, name)
     torch.manual_seed(0)
-    model = UNetModelSwin(_small_config(ref_dir, "unet_swin_small")).eval()
+    model = UNetModelSwin(_small_config(ref_dir, name)).eval()
     model.load_state_dict(state, strict=True)
     return model, state, io
 
 
 @pytest.fixture(scope="module")
-def student_golden(ref_dir: Path) -> tuple[UNetModelSwin, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    state, io = _load_npz(ref_dir, "unet_swin_small_student")
-    torch.manual_seed(0)
-    model = UNetModelSwin(_small_config(ref_dir, "unet_swin_small_student")).eval()
-    model.load_state_dict(state, strict=True)
-    return model, state, io
+def teacher_golden(ref_dir: Path) -> Golden:
+    return _golden(ref_dir, "unet_swin_small")
+
+
+@pytest.fixture(scope="module")
+def student_golden(ref_dir: Path) -> Golden:
+    return _golden(ref_dir, "unet_swin_small_student")
 
 
 @pytest.fixture(scope="module")

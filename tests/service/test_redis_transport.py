@@ -31,6 +31,15 @@ async def _post_all(base: str, jobs: list[tuple[bytes, int, int]], timeout: floa
         )
 
 
+def _serve(stack: Stack, workers: dict[str, list[str]]) -> str:
+    """Start `workers` (name -> extra worker arguments), then the API replica: its URL once it is ready."""
+    for name, arguments in workers.items():
+        stack.start_worker(name, *arguments)
+    base = stack.start_api()
+    wait_ready(base)
+    return base
+
+
 def _mixed_jobs(count: int, seed_base: int) -> list[tuple[bytes, int, int]]:
     return [
         (png_bytes(16 + 8 * (i % 5), 16 + 8 * (i % 4), seed=seed_base + i), seed_base + i, 16 if i % 3 == 0 else 32)
@@ -49,13 +58,9 @@ def test_two_workers_forty_concurrent_requests_match_direct_results(
     redis_server: RedisServer, processes: Processes, fake_model: Path, tmp_path: Path
 ) -> None:
     log = tmp_path / "batches.log"
-    stack = Stack(
-        redis_server, processes, fake_model, RSD_MAX_BATCH_TILES=8, RSD_MAX_BATCH_DELAY_S=0.02, RSD_FIXED_BATCH=8
-    )
-    for name in ("worker-a", "worker-b"):
-        stack.start_worker(name, "--delay", "0.002", "--log", str(log))
-    base = stack.start_api()
-    wait_ready(base)
+    workers = {name: ["--delay", "0.002", "--log", str(log)] for name in ("worker-a", "worker-b")}
+    env = {"RSD_MAX_BATCH_TILES": 8, "RSD_MAX_BATCH_DELAY_S": 0.02, "RSD_FIXED_BATCH": 8}
+    base = _serve(Stack(redis_server, processes, fake_model, **env), workers)
     jobs = _mixed_jobs(40, 500)
     responses = asyncio.run(_post_all(base, jobs))
     assert [r.status_code for r in responses] == [200] * 40, [r.text[:200] for r in responses if r.status_code != 200]
@@ -127,12 +132,8 @@ def test_deadline_in_queue_is_504_and_never_computed(
     redis_server: RedisServer, processes: Processes, fake_model: Path, tmp_path: Path
 ) -> None:
     log = tmp_path / "batches.log"
-    stack = Stack(
-        redis_server, processes, fake_model, RSD_MAX_BATCH_TILES=1, RSD_CLAIM_MAX_JOBS=1, RSD_ASSUMED_TILES_PER_S=1000
-    )
-    stack.start_worker("worker", "--delay", "0.8", "--log", str(log))
-    base = stack.start_api()
-    wait_ready(base)
+    env = {"RSD_MAX_BATCH_TILES": 1, "RSD_CLAIM_MAX_JOBS": 1, "RSD_ASSUMED_TILES_PER_S": 1000}
+    base = _serve(Stack(redis_server, processes, fake_model, **env), {"worker": ["--delay", "0.8", "--log", str(log)]})
 
     async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response, float]:
         async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -167,9 +168,7 @@ def test_queue_over_limit_is_429_with_retry_after_promptly(
     redis_server: RedisServer, processes: Processes, fake_model: Path
 ) -> None:
     stack = Stack(redis_server, processes, fake_model, RSD_MAX_BACKLOG_TILES=6, RSD_MAX_BATCH_TILES=1)
-    stack.start_worker("worker", "--delay", "0.5")
-    base = stack.start_api()
-    wait_ready(base)
+    base = _serve(stack, {"worker": ["--delay", "0.5"]})
     with httpx.Client(base_url=base, timeout=30) as client:
         for _ in range(3):  # warm the connection and the code paths
             client.get("/readyz")
@@ -191,10 +190,7 @@ def test_queue_over_limit_is_429_with_retry_after_promptly(
 def test_redis_down_gives_503_with_reason_and_service_recovers(
     redis_server: RedisServer, processes: Processes, fake_model: Path
 ) -> None:
-    stack = Stack(redis_server, processes, fake_model)
-    stack.start_worker("worker")
-    base = stack.start_api()
-    wait_ready(base)
+    base = _serve(Stack(redis_server, processes, fake_model), {"worker": []})
     # an API replica loads no model: its /readyz shows the dtype the workers report in their heartbeats
     assert httpx.get(f"{base}/readyz", timeout=10).json()["dtype"] == "fp32"
     image = {"image": ("x.png", png_bytes(16, 16), "image/png")}
@@ -221,9 +217,7 @@ def test_poison_job_goes_to_dead_stream_after_max_attempts(
     stack = Stack(redis_server, processes, fake_model, RSD_LEASE_S=0.5, RSD_MAX_ATTEMPTS=2)
     poison_seed = 4242
     crash = ["--crash-seed", str(tile_seed(poison_seed, 0))]
-    stack.start_worker("w0", *crash)
-    base = stack.start_api()
-    wait_ready(base)
+    base = _serve(stack, {"w0": crash})
     created = httpx.post(
         f"{base}/jobs", files={"image": ("x.png", png_bytes(16, 16), "image/png")}, params={"seed": poison_seed}
     )

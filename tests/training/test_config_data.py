@@ -95,25 +95,16 @@ def test_folder_dataset_recursive_extensions_and_unreadable_files(tmp_path):
     assert not torch.equal(ds.pair(3, 1)[1], ds.pair(4, 1)[1])
 
 
-def test_empty_or_missing_data_folder_fails_before_training(tmp_path):
+@pytest.mark.parametrize(
+    ("folder", "error"), [("empty", "empty holds no jpg/jpeg/png/webp images"), ("nope", "does not exist")]
+)
+def test_empty_or_missing_data_folder_fails_before_training(tmp_path, folder, error):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     teacher = make_teacher_artifact(tmp_path / "teacher")
-    recipe = tiny_recipe(
-        "teacher",
-        tmp_path / "run",
-        autoencoder=str(teacher),
-        data={"source": "folder", "dirs": [str(tmp_path / "empty")]},
-    )
-    with pytest.raises(DataError, match="empty holds no jpg/jpeg/png/webp images"):
-        build_stage(recipe, CPU)
-    recipe = tiny_recipe(
-        "teacher",
-        tmp_path / "run",
-        autoencoder=str(teacher),
-        data={"source": "folder", "dirs": [str(tmp_path / "nope")]},
-    )
-    with pytest.raises(DataError, match="does not exist"):
+    data = {"source": "folder", "dirs": [str(tmp_path / folder)]}
+    recipe = tiny_recipe("teacher", tmp_path / "run", autoencoder=str(teacher), data=data)
+    with pytest.raises(DataError, match=error):
         build_stage(recipe, CPU)
     assert not (tmp_path / "run").exists()  # nothing was written
 

@@ -16,6 +16,7 @@ from tests.training.tiny import REPO
 from training.config import DegradationConfig
 from training.data import synthetic_image, to_tensor01
 from training.degradation import (
+    BlurStage,
     DegradationTrace,
     bicubic_downsample,
     degrade,
@@ -73,7 +74,7 @@ def test_sampled_kernels_are_padded_to_the_configured_size():
     rng = np.random.default_rng(0)
     kinds = set()
     for _ in range(200):
-        kind, k = sample_blur_kernel(rng, 21, 0.1, CFG.kernel_prob, CFG.blur_sigma, CFG.betag_range, CFG.betap_range)
+        kind, k = sample_blur_kernel(rng, BlurStage.of(CFG, 1)._replace(max_size=21, sinc_prob=0.1))
         kinds.add(kind)
         assert k.shape == (21, 21)
         assert k.sum() == pytest.approx(1.0, abs=1e-9)
