@@ -27,7 +27,7 @@ import numpy as np
 
 from model_export.variants import BASELINE, Runner, make_variant
 from model_export.verify import parity_tiles, psnr_db
-from rsd.kinds import check_positive_int
+from rsd.kinds import check_positive_int, is_positive_int
 from rsd.spec import read_spec
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         for name, value in (("tile", self.tile), ("repeats", self.repeats)):
             check_positive_int(name, value)
-        if not self.batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in self.batches):
+        if not self.batches or not all(map(is_positive_int, self.batches)):
             raise ValueError(f"batches must be positive ints, got {list(self.batches)}")
         if self.threads is not None:
             check_positive_int("threads", self.threads)

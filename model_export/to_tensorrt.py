@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,8 +31,9 @@ from rsd.backends.exported import (
     write_engine_meta,
 )
 from rsd.backends.tensorrt_backend import import_tensorrt, runtime_info
+from rsd.kinds import DType
 
-Precision = Literal["fp32", "fp16", "bf16"]
+Precision = DType  # the engine precisions are the backends' dtypes
 
 
 class EngineBuild(BaseModel):

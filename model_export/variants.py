@@ -21,6 +21,7 @@ import numpy as np
 
 from model_export.to_onnx import export_onnx
 from rsd.backends.exported import export_dir, onnx_file_name
+from rsd.kinds import DTYPES, ONNX_DTYPES
 
 BASELINE = "torch-fp32"
 #: `rsd bench` without --backends: on CPU, and on CUDA (eager vs CUDA graphs x fp16/bf16; see README "Benchmarks")
@@ -77,16 +78,16 @@ def make_variant(name: str, model_dir: Path, tile: int, device: str, threads: in
     runner: Runner
     match name.split("-"):
         case ["torch", dtype, *rest] if rest in ([], ["compile"]):
-            _check_dtype(name, dtype, ("fp32", "bf16", "fp16"))
+            _check_dtype(name, dtype, DTYPES)
             runner = TorchUpscaler(model_dir, device=device, dtype=dtype, compile=bool(rest))
         case ["torch", ("bf16" | "fp16") as dtype, "cast"]:
             runner = TorchUpscaler(model_dir, device=device, dtype=dtype, cast=True)
         case ["torch", dtype, *rest] if rest in (["graphs"], ["compile", "graphs"]):
-            _check_dtype(name, dtype, ("fp32", "bf16", "fp16"))
+            _check_dtype(name, dtype, DTYPES)
             graphs = "compile" if rest[0] == "compile" else "cuda"
             runner = TorchUpscaler(model_dir, device=device, dtype=dtype, cast=dtype != "fp32", graphs=graphs)
         case ["onnxruntime", ("cuda" | "tensorrt") as provider, dtype]:
-            _check_dtype(name, dtype, ("fp32", "fp16"))
+            _check_dtype(name, dtype, ONNX_DTYPES)
             device_id = int(device.partition(":")[2] or 0)
             runner = OnnxRuntimeUpscaler(
                 model_dir,
@@ -97,7 +98,7 @@ def make_variant(name: str, model_dir: Path, tile: int, device: str, threads: in
                 onnx_path=ensure_onnx(model_dir, tile, dtype),
             )
         case ["onnxruntime", dtype, *rest] if len(rest) <= 1 and set(rest) <= set(_LEVELS):
-            _check_dtype(name, dtype, ("fp32", "fp16"))
+            _check_dtype(name, dtype, ONNX_DTYPES)
             level = rest[0] if rest else "all"
             runner = OnnxRuntimeUpscaler(
                 model_dir,
@@ -109,7 +110,7 @@ def make_variant(name: str, model_dir: Path, tile: int, device: str, threads: in
                 onnx_path=ensure_onnx(model_dir, tile, dtype),
             )
         case ["tensorrt", precision]:
-            _check_dtype(name, precision, ("fp32", "fp16", "bf16"))
+            _check_dtype(name, precision, DTYPES)
             from rsd.backends.tensorrt_backend import TensorRTUpscaler
 
             runner = TensorRTUpscaler(model_dir, tile, device=device, precision=(precision,))

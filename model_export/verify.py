@@ -35,6 +35,7 @@ from rsd.backends.exported import (
     write_export_record,
 )
 from rsd.backends.torch_backend import TorchUpscaler
+from rsd.kinds import DTYPES, ONNX_DTYPES, OnnxDType
 
 
 class CodeRunner(Protocol):
@@ -196,7 +197,7 @@ def candidate(name: str, model_dir: Path, tile: int, device: str = "cpu", thread
     return Candidate(name, lambda: make_variant(name, model_dir, tile, run_on, threads), reduced, record)
 
 
-def onnx_file_candidate(model_dir: Path, tile: int, path: Path, dtype: Literal["fp32", "fp16"]) -> Candidate:
+def onnx_file_candidate(model_dir: Path, tile: int, path: Path, dtype: OnnxDType) -> Candidate:
     """The onnxruntime CPU run of an ONNX file wherever it was written (`rsd export onnx --out`); its
     parity goes into the export.json beside the file."""
     from rsd.backends.onnxruntime_backend import OnnxRuntimeUpscaler
@@ -220,13 +221,13 @@ def available_variants(model_dir: Path, tile: int) -> list[str]:
     except ImportError:
         providers = set()
     found = []
-    for dtype in ("fp32", "fp16"):
-        if not (folder / onnx_file_name(tile, dtype)).is_file():  # type: ignore[arg-type]
+    for dtype in ONNX_DTYPES:
+        if not (folder / onnx_file_name(tile, dtype)).is_file():
             continue
         if "CPUExecutionProvider" in providers:
             found.append(f"onnxruntime-{dtype}")
         if "CUDAExecutionProvider" in providers:
             found.append(f"onnxruntime-cuda-{dtype}")
     if importlib.util.find_spec("tensorrt") is not None:
-        found += [f"tensorrt-{p}" for p in ("fp32", "fp16", "bf16") if (folder / engine_file_name(tile, [p])).is_file()]
+        found += [f"tensorrt-{p}" for p in DTYPES if (folder / engine_file_name(tile, [p])).is_file()]
     return found

@@ -35,10 +35,13 @@ ONNX_DTYPES: tuple[OnnxDType, ...] = get_args(OnnxDType)
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "models" / "rsd-tiny"
 
 
-def check_positive_int(name: str, value: object, *, integer_types: tuple[type, ...] = (int,)) -> None:
-    """Raise ValueError naming `name` unless `value` is an int >= 1 (bools are not ints here).
+def is_positive_int(value: object, integer_types: tuple[type, ...] = (int,)) -> bool:
+    """`value` is an int >= 1; bools are not ints here. `integer_types` widens what counts as an int
+    (rsd.noise also takes numpy integers)."""
+    return not isinstance(value, bool) and isinstance(value, integer_types) and value >= 1  # type: ignore[operator]
 
-    `integer_types` widens what counts as an int (rsd.noise also takes numpy integers).
-    """
-    if isinstance(value, bool) or not isinstance(value, integer_types) or value < 1:  # type: ignore[operator]
+
+def check_positive_int(name: str, value: object, *, integer_types: tuple[type, ...] = (int,)) -> None:
+    """Raise ValueError naming `name` unless `value` is a positive int (`is_positive_int`)."""
+    if not is_positive_int(value, integer_types):
         raise ValueError(f"{name} must be a positive int, got {value!r}")
