@@ -17,6 +17,8 @@ OUTPUT_FORMATS: tuple[OutputFormat, ...] = get_args(OutputFormat)
 SUFFIX_FORMATS: dict[str, OutputFormat] = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 #: output format -> the suffix written when the CLI names output files itself
 FORMAT_SUFFIXES: dict[OutputFormat, str] = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+#: output format -> its media type (the service's Content-Type)
+MEDIA_TYPES: dict[OutputFormat, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 #: the backends `rsd.backends.load_upscaler` builds (architecture.md invariant 4)
 BackendKind = Literal["torch", "onnxruntime", "tensorrt"]

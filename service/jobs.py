@@ -12,9 +12,8 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from rsd.kinds import MEDIA_TYPES as CONTENT_TYPES
 from service.settings import OutputFormat
-
-CONTENT_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 
 class JobStatus(StrEnum):
