@@ -47,6 +47,7 @@ from rsd.backends.exported import (
     onnx_file_name,
     write_export_record,
 )
+from rsd.kinds import check_positive_int
 from rsd.nets.vqgan import DISTANCE_BUDGET_BYTES
 from rsd.onestep import SRGraph, forward_with_codes
 from rsd.sampler import load_graph
@@ -143,8 +144,7 @@ def _check_arguments(dtype: str, exporter: str, max_batch: int) -> None:
         raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_TORCH_DTYPES)}")
     if exporter not in DEFAULT_OPSET:
         raise ValueError(f"exporter {exporter!r} is not one of {', '.join(DEFAULT_OPSET)}")
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    check_positive_int("max_batch", max_batch)
 
 
 def export_onnx(

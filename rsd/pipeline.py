@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from rsd.imageops import TileGrid, blend_tiles, plan_tiles, split_tiles, to_model_range, to_uint8
+from rsd.kinds import check_positive_int
 from rsd.noise import tile_seed
 from rsd.spec import ModelSpec
 
@@ -65,8 +66,7 @@ def run_tiles(upscaler: TileRunner, tiles: np.ndarray, seeds: Sequence[int], bat
     changes an image (serving.md; verified in tests). On CPU use batch 1 (no padding waste); on GPU the
     engine's batch.
     """
-    if batch < 1:
-        raise ValueError(f"batch {batch} must be >= 1")
+    check_positive_int("batch", batch)
     n = len(seeds)
     if len(tiles) != n:
         raise ValueError(f"{len(tiles)} tiles but {n} seeds")
