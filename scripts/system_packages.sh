@@ -14,6 +14,7 @@ TOOLS=(
   podman:podman
   debootstrap:debootstrap
   runc:runc
+  curl:curl
 )
 
 found() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
