@@ -105,7 +105,8 @@ redis_url="redis://127.0.0.1:$redis_port/0"
 # the host: the same server in embedded mode (no Redis), one torch thread like the worker container
 RSD_TORCH_THREADS=1 OMP_WAIT_POLICY=PASSIVE REDIS_URL="" \
   "$py" -m rsd_cli.main serve --host 127.0.0.1 --port "$host_port" >"$work/host.log" 2>&1 &
-pids+=($!)
+host_pid=$!
+pids+=("$host_pid")
 
 start="$(now)"
 # podman runs HEALTHCHECKs on systemd timers: without systemd, run and stop log an error about the timer
@@ -118,10 +119,12 @@ logged pm run "${common[@]}" --name "$prefix-api" -e RSD_INSTANCE="$prefix-api" 
   -e RSD_HEALTHCHECK_URL="http://127.0.0.1:$api_port/healthz" \
   "$image_id" api --host 127.0.0.1 --port "$api_port" >/dev/null
 
-wait_ready() {  # url, seconds, container (or empty)
+wait_ready() {  # url, seconds, container name or host:PID
   local deadline=$(($(date +%s) + $2))
   until curl -fsS -o /dev/null "$1" 2>/dev/null; do
-    if [ -n "$3" ] && [ "$(pm inspect --format '{{.State.Running}}' "$3")" != true ]; then
+    if [[ "$3" == host:* ]]; then
+      kill -0 "${3#host:}" 2>/dev/null || { tail -30 "$work/host.log" >&2; fail "the host server exited"; }
+    elif [ "$(pm inspect --format '{{.State.Running}}' "$3")" != true ]; then
       pm logs --tail 30 "$3" >&2
       fail "$3 exited before $1 answered"
     fi
@@ -158,7 +161,7 @@ EOF
 upscale() {  # base url, output file: the HTTP status
   curl -sS -o "$2" -w '%{http_code}' -F image=@"$work/small.png" "$1/upscale?seed=$seed&format=png"
 }
-wait_ready "http://127.0.0.1:$host_port/readyz" 120 ""
+wait_ready "http://127.0.0.1:$host_port/readyz" 120 "host:$host_pid"
 status="$(upscale "http://127.0.0.1:$api_port" "$work/container.png")"
 [ "$status" = 200 ] || fail "POST /upscale to the containers: $status $(head -c 300 "$work/container.png")"
 [ "$(upscale "http://127.0.0.1:$host_port" "$work/host.png")" = 200 ] || fail "POST /upscale to the host server"
