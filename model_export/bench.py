@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model_export.variants import BASELINE, Runner, make_variant
+from model_export.variants import BASELINE, make_variant
 from model_export.verify import parity_tiles, psnr_db
+from rsd.backends.base import Upscaler
 from rsd.kinds import check_positive_int, is_positive_int
 from rsd.spec import read_spec
 
@@ -208,7 +209,7 @@ class BenchReport:
 
 
 def measure_backends(
-    runners: Mapping[str, Runner], lq: np.ndarray, seeds: list[int], batches: Sequence[int], repeats: int, device: str
+    runners: Mapping[str, Upscaler], lq: np.ndarray, seeds: list[int], batches: Sequence[int], repeats: int, device: str
 ) -> dict[str, BackendResult]:
     """One BackendResult per runner: warm-up, then `repeats` interleaved rounds."""
     outputs: dict[str, np.ndarray] = {}

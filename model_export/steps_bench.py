@@ -51,7 +51,7 @@ def _graphs(model_dir: Path, device: str) -> dict[Family, SRGraph]:
     spec, net, autoencoder = load_nets(model_dir, "student", device)
     one_step = FAMILIES[spec.family] if spec.sampler.kind == "one-step" else FAMILIES["sinsr"]
     plain, plain_config = net, spec.student
-    if spec.noise_channels:  # RSD's student: the same net without its noise input for the ancestral rows
+    if spec.net_noise_channels:  # RSD's student: the same net without its noise input for the ancestral rows
         plain_config = config = spec.student.with_noise_channels(0)
         with torch.device("meta"):
             plain = type(net)(config)

@@ -13,13 +13,11 @@ ONNX variants export the tile graph first when the artifact has no export for it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
-
-import numpy as np
 
 from model_export.to_onnx import export_onnx
+from rsd.backends.base import Upscaler
+from rsd.backends.device import Device
 from rsd.backends.exported import export_dir, onnx_file_name
 from rsd.kinds import DTYPES, ONNX_DTYPES
 
@@ -44,18 +42,6 @@ VARIANT_HELP = (
 _LEVELS = ("all", "extended", "basic", "disable")
 
 
-class Runner(Protocol):
-    name: str
-
-    def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray: ...
-
-    def run_with_codes(
-        self, lq_tiles: np.ndarray, seeds: Sequence[int], with_codes: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None]: ...
-
-    def close(self) -> None: ...
-
-
 def ensure_onnx(model_dir: Path, tile: int, dtype: str) -> Path:
     """The artifact's ONNX export for (tile, dtype), exported now if missing."""
     path = export_dir(model_dir) / onnx_file_name(tile, dtype)  # type: ignore[arg-type]
@@ -70,12 +56,12 @@ def _check_dtype(name: str, dtype: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"variant {name!r}: dtype {dtype!r} is not one of {', '.join(allowed)}; use {VARIANT_HELP}")
 
 
-def make_variant(name: str, model_dir: Path, tile: int, device: str, threads: int | None) -> Runner:
+def make_variant(name: str, model_dir: Path, tile: int, device: str, threads: int | None) -> Upscaler:
     """Build the backend called `name` (see the module docstring) for `tile` x `tile` LR tiles."""
     from rsd.backends.onnxruntime_backend import OnnxRuntimeUpscaler
-    from rsd.backends.torch_backend import TorchUpscaler
+    from rsd.backends.torch_backend import Graphs, TorchUpscaler
 
-    runner: Runner
+    runner: Upscaler
     match name.split("-"):
         case ["torch", dtype, *rest] if rest in ([], ["compile"]):
             _check_dtype(name, dtype, DTYPES)
@@ -84,17 +70,16 @@ def make_variant(name: str, model_dir: Path, tile: int, device: str, threads: in
             runner = TorchUpscaler(model_dir, device=device, dtype=dtype, cast=True)
         case ["torch", dtype, *rest] if rest in (["graphs"], ["compile", "graphs"]):
             _check_dtype(name, dtype, DTYPES)
-            graphs = "compile" if rest[0] == "compile" else "cuda"
+            graphs: Graphs = "compile" if rest[0] == "compile" else "cuda"
             runner = TorchUpscaler(model_dir, device=device, dtype=dtype, cast=dtype != "fp32", graphs=graphs)
         case ["onnxruntime", ("cuda" | "tensorrt") as provider, dtype]:
             _check_dtype(name, dtype, ONNX_DTYPES)
-            device_id = int(device.partition(":")[2] or 0)
             runner = OnnxRuntimeUpscaler(
                 model_dir,
                 tile,
                 provider=provider,
                 dtype=dtype,  # type: ignore[arg-type]
-                device_id=device_id,
+                device_id=Device.parse(device).index,
                 onnx_path=ensure_onnx(model_dir, tile, dtype),
             )
         case ["onnxruntime", dtype, *rest] if len(rest) <= 1 and set(rest) <= set(_LEVELS):

@@ -20,10 +20,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
+from rsd.backends.base import Upscaler
 from rsd.backends.exported import (
     ParityRecord,
     engine_file_name,
@@ -38,24 +39,12 @@ from rsd.backends.torch_backend import TorchUpscaler
 from rsd.kinds import DTYPES, ONNX_DTYPES, OnnxDType
 
 
-class CodeRunner(Protocol):
-    """What verify needs of a backend: its output and the VQ codes it chose."""
-
-    name: str
-
-    def run_with_codes(
-        self, lq_tiles: np.ndarray, seeds: Sequence[int], with_codes: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None]: ...
-
-    def close(self) -> None: ...
-
-
 @dataclass(frozen=True)
 class Candidate:
     """A backend to verify: how to build it, how to judge it, where its record goes."""
 
     name: str
-    make: Callable[[], CodeRunner]
+    make: Callable[[], Upscaler]
     reduced_precision: bool
     #: ("onnx", file) -> the export.json beside it; ("engine", file) -> the engine's metadata; None: printed only
     record: tuple[Literal["onnx", "engine"], Path] | None
@@ -202,7 +191,7 @@ def onnx_file_candidate(model_dir: Path, tile: int, path: Path, dtype: OnnxDType
     parity goes into the export.json beside the file."""
     from rsd.backends.onnxruntime_backend import OnnxRuntimeUpscaler
 
-    def make() -> CodeRunner:
+    def make() -> Upscaler:
         return OnnxRuntimeUpscaler(model_dir, tile, provider="cpu", dtype=dtype, onnx_path=path)
 
     return Candidate(f"onnxruntime-{dtype}", make, dtype == "fp16", ("onnx", path))

@@ -105,7 +105,7 @@ def describe(model_dir: str | Path) -> str:
     return json.dumps(
         {
             "name": spec.name,
-            "noise_channels": spec.noise_channels,
+            "noise_channels": spec.net_noise_channels,
             "tiles": spec.tiles,
             "schedule_hash": spec.schedule_hash,
             "has_teacher": spec.teacher is not None,

@@ -106,8 +106,8 @@ class OneStepSR(DenoisingGraph):
 
     @property
     def noise_channels(self) -> int:
-        """Channels of the `noise` input: 3 prior-noise channels + the student's noise channels."""
-        return self.spec.student.out_channels + self.spec.noise_channels
+        """Channels of the `noise` input: the latent's prior-noise channels + the student's noise channels."""
+        return self.spec.graph_noise_channels
 
     def check_input(self, lq: torch.Tensor, noise: torch.Tensor) -> None:
         check_graph_input(self.spec, self.noise_channels, lq, noise)
@@ -132,7 +132,7 @@ class OneStepSR(DenoisingGraph):
         z_y = self.encode_lq(lq)
         x_T = self.schedule.prior_sample(z_y, eps)  # method.md 1.2 prior, 5.1 step 5
         t = torch.full_like(lq[:, 0, 0, 0], self.schedule.T - 1, dtype=torch.long)
-        return self.denoiser(x_T, t, lq, xi if self.spec.noise_channels else None)  # one call, t = T-1
+        return self.denoiser(x_T, t, lq, xi if self.spec.net_noise_channels else None)  # one call, t = T-1
 
 
 def forward_with_codes(model: SRGraph, lq: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

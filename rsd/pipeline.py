@@ -10,24 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
+from rsd.backends.base import TileRunner  # what the pipeline calls of a backend
 from rsd.imageops import TileGrid, blend_tiles, plan_tiles, split_tiles, to_model_range, to_uint8
 from rsd.kinds import check_positive_int
 from rsd.noise import tile_seed
 from rsd.spec import ModelSpec
 
 Blend = Literal["smooth", "uniform"]
-
-
-class TileRunner(Protocol):
-    """What the pipeline needs of an Upscaler (rsd.backends.base.Upscaler satisfies it)."""
-
-    spec: ModelSpec
-
-    def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,9 @@ class ModelSpec(StrictModel):
         return self.student.size_multiple
 
     @property
-    def noise_channels(self) -> int:
-        """The net's noise input channels (RSD's student: 1; SinSR, ResShift: 0)."""
+    def net_noise_channels(self) -> int:
+        """The student net's own noise input channels xi (RSD's student: 1; SinSR, ResShift: 0); the
+        graph's `noise` input is wider (`graph_noise_channels`)."""
         return self.student.noise_channels
 
     @property
@@ -78,7 +79,7 @@ class ModelSpec(StrictModel):
         latent = self.autoencoder.embed_dim
         if self.sampler.kind == "ancestral":
             return latent * self.sampler.steps
-        return latent + self.noise_channels
+        return latent + self.net_noise_channels
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -115,12 +116,12 @@ class ModelSpec(StrictModel):
                     f"an ancestral sampler runs every step of its schedule: steps {sampler.steps} != "
                     f"schedule.steps {self.schedule.steps}"
                 )
-            if self.noise_channels:
+            if self.net_noise_channels:
                 raise ValueError("an ancestral sampler runs a net without noise input channels")
         if sampler.kind != family.sampler_kind:
             raise ValueError(f"family {family.name!r} samples {family.sampler_kind}, not {sampler.kind}")
-        if family.noise_channels == 0 and self.noise_channels:
-            raise ValueError(f"family {family.name!r} has no noise input, but the net has {self.noise_channels}")
+        if family.noise_channels == 0 and self.net_noise_channels:
+            raise ValueError(f"family {family.name!r} has no noise input, but the net has {self.net_noise_channels}")
 
 
 def read_spec(model_dir: str | Path) -> ModelSpec:

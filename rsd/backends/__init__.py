@@ -4,13 +4,13 @@ registry (architecture.md invariant 4). onnxruntime and TensorRT are imported in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from rsd.backends.base import Upscaler
+from rsd.backends.base import TileRunner, Upscaler
+from rsd.backends.device import Device
 from rsd.kinds import BackendKind, DType, DTypeChoice
 from rsd.precision import resolve_dtype
 
-__all__ = ["BackendKind", "DType", "DTypeChoice", "Upscaler", "load_upscaler"]
+__all__ = ["BackendKind", "DType", "DTypeChoice", "Device", "TileRunner", "Upscaler", "load_upscaler"]
 
 
 def load_upscaler(
@@ -33,23 +33,13 @@ def load_upscaler(
 
             if dtype == "bf16":
                 raise ValueError("the onnxruntime backend runs fp32 or fp16 exports, not bf16")
-            provider, device_id = _cuda_or_cpu(device)
-            return OnnxRuntimeUpscaler(model_dir, tile=tile, provider=provider, dtype=dtype, device_id=device_id)
+            parsed = Device.parse(device)
+            return OnnxRuntimeUpscaler(model_dir, tile=tile, provider=parsed.kind, dtype=dtype, device_id=parsed.index)
         case "tensorrt":
             from rsd.backends.tensorrt_backend import TensorRTUpscaler
 
-            if _cuda_or_cpu(device)[0] != "cuda":
+            if Device.parse(device).kind != "cuda":
                 raise ValueError(f"the tensorrt backend runs on a CUDA device, not {device!r}")
             return TensorRTUpscaler(model_dir, tile=tile, device=device, precision=(dtype,))
         case _:
             raise ValueError(f"unknown or unavailable backend {kind!r}; choose torch, onnxruntime or tensorrt")
-
-
-def _cuda_or_cpu(device: str) -> tuple[Literal["cpu", "cuda"], int]:
-    """ "cpu" -> ("cpu", 0); "cuda" / "cuda:N" -> ("cuda", N); anything else is an error."""
-    if device == "cpu":
-        return "cpu", 0
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or not (index == "" or index.isdigit()):
-        raise ValueError(f"device {device!r} is not 'cpu', 'cuda' or 'cuda:N'")
-    return "cuda", int(index or 0)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -47,6 +47,9 @@ class ExportMismatchError(ArtifactError):
 
 class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_R = TypeVar("_R", bound=_Record)
 
 
 class ParityRecord(_Record):
@@ -150,8 +153,11 @@ def engine_meta_path(engine: str | Path) -> Path:
     return engine.with_name(engine.name + ".json")
 
 
-def find_export(model_dir: str | Path, name: str, what: str, hint: str) -> Path:
-    """`model_dir/export/name`, or an error listing what is there and how to make it."""
+def find_export(model_dir: str | Path, name: str, what: str, hint: str, given: str | Path | None = None) -> Path:
+    """`given` when the caller names a file itself, else `model_dir/export/name`, or an error listing
+    what is there and how to make it."""
+    if given is not None:
+        return Path(given)
     path = export_dir(model_dir) / name
     if path.is_file():
         return path
@@ -164,15 +170,17 @@ def find_export(model_dir: str | Path, name: str, what: str, hint: str) -> Path:
 # -- export.json ------------------------------------------------------------------------------------
 
 
+def _read_record(path: Path, record: type[_R], what: str) -> _R:
+    try:
+        return record.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ArtifactError(f"{path}: invalid {what}: {str(exc).splitlines()[0]}") from exc
+
+
 def read_export_index(folder: str | Path) -> ExportIndex:
     """`folder/export.json`, or an empty index when there is none yet."""
     path = Path(folder) / EXPORT_INDEX
-    if not path.is_file():
-        return ExportIndex()
-    try:
-        return ExportIndex.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ArtifactError(f"{path}: invalid export index: {str(exc).splitlines()[0]}") from exc
+    return _read_record(path, ExportIndex, "export index") if path.is_file() else ExportIndex()
 
 
 def write_export_record(folder: str | Path, record: OnnxRecord) -> Path:
@@ -190,10 +198,7 @@ def read_engine_meta(engine: str | Path) -> EngineMeta:
         raise ArtifactError(
             f"{engine}: no metadata file {path.name} beside the engine; rebuild it with `rsd export tensorrt`"
         )
-    try:
-        return EngineMeta.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise ArtifactError(f"{path}: invalid engine metadata: {str(exc).splitlines()[0]}") from exc
+    return _read_record(path, EngineMeta, "engine metadata")
 
 
 def write_engine_meta(engine: str | Path, meta: EngineMeta) -> Path:

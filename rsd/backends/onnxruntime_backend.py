@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rsd.backends.base import Upscaler
+from rsd.backends.base import Upscaler, check_tiles
 from rsd.backends.exported import (
     INPUT_NAMES,
     OnnxDType,
@@ -79,15 +79,12 @@ class OnnxRuntimeUpscaler(Upscaler):
         ort = _import_onnxruntime()
         self.spec = read_spec(model_dir)
         self.tile = self.spec.default_tile if tile is None else tile
-        path = (
-            Path(onnx_path)
-            if onnx_path is not None
-            else find_export(
-                model_dir,
-                onnx_file_name(self.tile, dtype),
-                "ONNX export",
-                f"rsd export onnx --model {model_dir} --tile {self.tile} --dtype {dtype}",
-            )
+        path = find_export(
+            model_dir,
+            onnx_file_name(self.tile, dtype),
+            "ONNX export",
+            f"rsd export onnx --model {model_dir} --tile {self.tile} --dtype {dtype}",
+            given=onnx_path,
         )
         options = ort.SessionOptions()
         levels = {
@@ -116,17 +113,10 @@ class OnnxRuntimeUpscaler(Upscaler):
         self._ort = ort
         self.name = f"onnxruntime-{provider}-{dtype}" + ("" if optimization == "all" else f"-opt-{optimization}")
 
-    def _check(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> None:
-        if len(lq_tiles) != len(seeds):
-            raise ValueError(f"{len(lq_tiles)} tiles but {len(seeds)} seeds")
-        if lq_tiles.ndim != 4 or tuple(lq_tiles.shape[1:]) != (3, self.tile, self.tile):
-            raise ValueError(f"this ONNX graph takes (N, 3, {self.tile}, {self.tile}) tiles, got {lq_tiles.shape}")
-
     def run_with_codes(
         self, lq_tiles: np.ndarray, seeds: Sequence[int], with_codes: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """run(), plus the (N, t, t) VQ codes when `with_codes` (for parity checks)."""
-        self._check(lq_tiles, seeds)
+        check_tiles(lq_tiles, seeds, self.tile, "ONNX graph")
         feeds = {
             INPUT_NAMES[0]: np.ascontiguousarray(lq_tiles, dtype=np.float32),
             INPUT_NAMES[1]: draw_noise_batch(list(seeds), self.noise_channels, self.tile, self.tile),
@@ -148,9 +138,6 @@ class OnnxRuntimeUpscaler(Upscaler):
             binding.bind_output(name, "cuda", self.device_id)
         self.session.run_with_iobinding(binding)
         return list(binding.copy_outputs_to_cpu())
-
-    def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
-        return self.run_with_codes(lq_tiles, seeds, with_codes=False)[0]
 
     def close(self) -> None:
         self.session = None

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rsd.backends.base import Upscaler
+from rsd.backends.base import Upscaler, check_tiles
 from rsd.backends.exported import (
     EngineMeta,
     RuntimeInfo,
@@ -92,16 +92,13 @@ class TensorRTUpscaler(Upscaler):
     ) -> None:
         self.spec = read_spec(model_dir)
         self.tile = self.spec.default_tile if tile is None else tile
-        path = (
-            Path(engine_path)
-            if engine_path is not None
-            else find_export(
-                model_dir,
-                engine_file_name(self.tile, list(precision)),
-                "TensorRT engine",
-                f"rsd export tensorrt --onnx {Path(model_dir) / 'export' / f'tile{self.tile}.onnx'} "
-                + " ".join(f"--{p}" for p in precision if p != "fp32"),
-            )
+        path = find_export(
+            model_dir,
+            engine_file_name(self.tile, list(precision)),
+            "TensorRT engine",
+            f"rsd export tensorrt --onnx {Path(model_dir) / 'export' / f'tile{self.tile}.onnx'} "
+            + " ".join(f"--{p}" for p in precision if p != "fp32"),
+            given=engine_path,
         )
         meta = read_engine_meta(path)
         check_engine_meta(meta, path, self.spec, self.tile, runtime=None)  # cheap refusals first
@@ -128,11 +125,7 @@ class TensorRTUpscaler(Upscaler):
     def run_with_codes(
         self, lq_tiles: np.ndarray, seeds: Sequence[int], with_codes: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """run(), plus the (N, t, t) VQ codes when `with_codes` (for parity checks)."""
-        if len(lq_tiles) != len(seeds):
-            raise ValueError(f"{len(lq_tiles)} tiles but {len(seeds)} seeds")
-        if lq_tiles.ndim != 4 or tuple(lq_tiles.shape[1:]) != (3, self.tile, self.tile):
-            raise ValueError(f"this engine takes (N, 3, {self.tile}, {self.tile}) tiles, got {lq_tiles.shape}")
+        check_tiles(lq_tiles, seeds, self.tile, "engine")
         profile = self.meta.batch_profile
         if len(lq_tiles) < profile.min:
             raise ValueError(f"batch {len(lq_tiles)} is below the engine profile's min batch {profile.min}")
@@ -164,9 +157,6 @@ class TensorRTUpscaler(Upscaler):
             raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
         stream.synchronize()
         return buffers["sr"].float().cpu().numpy(), buffers["codes"].cpu().numpy()
-
-    def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
-        return self.run_with_codes(lq_tiles, seeds, with_codes=False)[0]
 
     def close(self) -> None:
         self._context = None

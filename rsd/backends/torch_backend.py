@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from rsd.backends.base import Upscaler
+from rsd.backends.base import Upscaler, check_tiles
 from rsd.noise import draw_noise_batch
 from rsd.onestep import forward_with_codes
 from rsd.sampler import load_graph
@@ -108,10 +108,7 @@ class TorchUpscaler(Upscaler):
         self, lq_tiles: np.ndarray, seeds: Sequence[int], with_codes: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """run(), plus the (N, t, t) VQ codes when `with_codes` (read by a hook on the quantiser; eager only)."""
-        if len(lq_tiles) != len(seeds):
-            raise ValueError(f"{len(lq_tiles)} tiles but {len(seeds)} seeds")
-        if lq_tiles.ndim != 4:
-            raise ValueError(f"lq_tiles must be (N, 3, t, t), got shape {lq_tiles.shape}")
+        check_tiles(lq_tiles, seeds)
         _, _, h, w = lq_tiles.shape
         noise = draw_noise_batch(list(seeds), self.model.noise_channels, h, w)
         # cast path: inputs in the weights' dtype (no autocast to convert them)
@@ -133,9 +130,6 @@ class TorchUpscaler(Upscaler):
                 sr = self._forward(lq, eps)
             out = sr.float().cpu().numpy()  # copied out before the next replay overwrites a graph's output
         return out, codes
-
-    def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
-        return self.run_with_codes(lq_tiles, seeds, with_codes=False)[0]
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

@@ -30,7 +30,8 @@ def test_graph_has_fixed_tile_and_dynamic_batch(tiny_dir: Path) -> None:
     model = onnx.load(str(tiny_dir / "export" / "tile32.onnx"))
     inputs = {i.name: _dims(i) for i in model.graph.input}
     outputs = {o.name: _dims(o) for o in model.graph.output}
-    noise_channels = read_spec(tiny_dir).student.out_channels + read_spec(tiny_dir).noise_channels
+    noise_channels = read_spec(tiny_dir).graph_noise_channels
+    assert noise_channels == 3 + 1  # the tiny student: a 3-channel latent's prior noise + 1 channel xi
     assert list(inputs) == ["lq", "noise"]
     assert isinstance(inputs["lq"][0], str) and inputs["lq"][0] == inputs["noise"][0] == outputs["sr"][0]
     assert inputs["lq"][1:] == [3, TILE, TILE]

@@ -64,7 +64,7 @@ def test_tiny_chain(tmp_path):
 
     artifact = runs / "tiny_distill" / "artifact"
     model = OneStepSR.from_artifact(artifact)
-    assert model.spec.noise_channels == 1 and model.spec.teacher is not None
+    assert model.spec.net_noise_channels == 1 and model.spec.teacher is not None
     lq = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         sr = model(lq, torch.randn(1, model.noise_channels, 32, 32))
