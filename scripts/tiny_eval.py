@@ -116,7 +116,7 @@ def before_after(model: Path, data: Path, out: Path, crop: int = 48) -> None:
 
     rows = []
     teacher = TeacherTiles(model)
-    with load_upscaler(model, "torch") as student:
+    with load_upscaler(model, "torch", dtype="fp32") as student:
         for name, (top, left) in (("coffee", (40, 60)), ("rocket", (30, 70))):
             hr_full = np.asarray(Image.open(data / "eval_bicubic" / f"{name}.png").convert("RGB"))
             hr = hr_full[4 * top : 4 * (top + crop), 4 * left : 4 * (left + crop)]

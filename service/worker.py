@@ -131,6 +131,7 @@ class Worker:
         self._room = threading.Condition()
         # scheduler-thread state
         self._active: dict[str, _Active] = {}
+        self._rotation: tuple[str, ...] = ()  # the batching policy's state (serving.md "Worker loop")
         self._events: stdqueue.SimpleQueue[Callable[[], None]] = stdqueue.SimpleQueue()
         self._staged: stdqueue.Queue[_Batch | None] = stdqueue.Queue(maxsize=1)
         threads = 1 if self.pipeline else 0
@@ -273,7 +274,8 @@ class Worker:
             for job_id, a in self._active.items()
         ]
         delay = 0.0 if stopping else self.settings.max_batch_delay_s
-        decision = next_batch(pending, self.batch_cap, delay, time.monotonic())
+        decision = next_batch(pending, self.batch_cap, delay, time.monotonic(), rotation=self._rotation)
+        self._rotation = decision.rotation
         return decision.take, decision.wait_s
 
     def _schedule(self, stopping: bool) -> None:

@@ -154,7 +154,8 @@ def evaluate_model(
     names = ["model", "bicubic", "lanczos_unsharp"] + (["teacher"] if teacher else [])
     stores: dict[str, dict[str, list[float]]] = {name: {} for name in names}
     seconds = dict.fromkeys(["model"] + (["teacher"] if teacher else []), 0.0)
-    runners = {"model": load_upscaler(model_dir, "torch", device=device)}
+    # fp32, not RSD_DTYPE's "auto": the card's metrics must not depend on the CPU that computed them
+    runners = {"model": load_upscaler(model_dir, "torch", device=device, dtype="fp32")}
     if teacher:
         runners["teacher"] = TeacherTiles(Path(model_dir), device)  # type: ignore[assignment]
     with runners["model"]:

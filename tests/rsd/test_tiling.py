@@ -44,7 +44,8 @@ def _photo(h: int, w: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return load_upscaler(make_tiny_artifact(tmp_path_factory.mktemp("tiny")))
+    # fp32: the batch-size bound below is about fp32 kernel differences, not bf16 rounding
+    return load_upscaler(make_tiny_artifact(tmp_path_factory.mktemp("tiny")), dtype="fp32")
 
 
 def test_single_tile_equals_untiled_model_run(tiny):
