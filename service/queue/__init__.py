@@ -3,31 +3,3 @@
 `inprocess` (embedded default) and `redis` (API side) / `redis_worker` (worker side) implement
 `base.ApiQueue` / `base.WorkerQueue`. Key names live in `keys`, the atomic Lua scripts in `scripts`.
 """
-
-from service.queue.base import (
-    ApiQueue,
-    DeadlineExceeded,
-    Health,
-    IdempotencyConflict,
-    JobFailed,
-    JobNotFound,
-    QueueError,
-    QueueFull,
-    QueueUnavailable,
-    Submitted,
-    WorkerQueue,
-)
-
-__all__ = [
-    "ApiQueue",
-    "DeadlineExceeded",
-    "Health",
-    "IdempotencyConflict",
-    "JobFailed",
-    "JobNotFound",
-    "QueueError",
-    "QueueFull",
-    "QueueUnavailable",
-    "Submitted",
-    "WorkerQueue",
-]

@@ -24,18 +24,8 @@ from dataclasses import dataclass, field
 
 from service import metrics
 from service.jobs import ClaimedJob, Job, JobRecord, JobResult, JobStatus
-from service.queue.base import (
-    ApiQueue,
-    DeadlineExceeded,
-    Health,
-    IdempotencyConflict,
-    JobFailed,
-    JobNotFound,
-    ResultGone,
-    Submitted,
-    WorkerQueue,
-    admission,
-)
+from service.queue import base
+from service.queue.base import ApiQueue, Health, Submitted, WorkerQueue, admission
 
 #: how long the record of a delivered synchronous job stays (GET /jobs/{id} right after the answer)
 DELIVERED_RECORD_S = 60.0
@@ -151,7 +141,7 @@ class InProcessQueue(ApiQueue, WorkerQueue):
                 replay = self._entries.get(known[0]) if known is not None else None
                 if known is not None and replay is not None and replay.gone is None:
                     if known[1] != job.fingerprint:
-                        raise IdempotencyConflict(
+                        raise base.IdempotencyConflict(
                             f"Idempotency-Key {job.idempotency_key!r} was used for a different request"
                         )
                     return Submitted(known[0], duplicate=True, backlog=self._backlog)
@@ -173,7 +163,7 @@ class InProcessQueue(ApiQueue, WorkerQueue):
             with self._cond:
                 entry = self._entries.get(job_id)
                 if entry is None:
-                    raise JobNotFound(job_id)
+                    raise base.JobNotFound(job_id)
                 if not entry.status.terminal:
                     entry.waiters.append(future)
             if entry.status.terminal:
@@ -186,7 +176,7 @@ class InProcessQueue(ApiQueue, WorkerQueue):
                 with self._cond:
                     if entry.status is JobStatus.DONE:  # finished in the same instant
                         return self._outcome(entry)
-                raise DeadlineExceeded(job_id) from None
+                raise base.DeadlineExceeded(job_id) from None
             except asyncio.CancelledError:
                 self._finish(job_id, JobStatus.CANCELLED, "cancelled", "the client went away")
                 raise
@@ -195,11 +185,11 @@ class InProcessQueue(ApiQueue, WorkerQueue):
     def _outcome(entry: _Entry) -> JobResult:
         if entry.status is JobStatus.DONE:
             if entry.result is None:
-                raise ResultGone(entry.job.id, entry.gone or "expired")
+                raise base.ResultGone(entry.job.id, entry.gone or "expired")
             return entry.result
         if entry.status is JobStatus.EXPIRED:
-            raise DeadlineExceeded(entry.job.id)
-        raise JobFailed(entry.record())
+            raise base.DeadlineExceeded(entry.job.id)
+        raise base.JobFailed(entry.record())
 
     async def get(self, job_id: str) -> JobRecord | None:
         with self._cond:
@@ -210,7 +200,7 @@ class InProcessQueue(ApiQueue, WorkerQueue):
         with self._cond:
             entry = self._entries.get(job_id)
             if entry is not None and entry.gone is not None:
-                raise ResultGone(job_id, entry.gone)
+                raise base.ResultGone(job_id, entry.gone)
             return None if entry is None else entry.result
 
     async def release(self, job_id: str) -> None:
