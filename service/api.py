@@ -6,7 +6,7 @@ with rsd.imagefile, prices them in tiles with rsd.imageops, and hands them to a 
 in-process queue and a worker thread in. Both are composed in `service.main`.
 
 Routes live on the module-level `router`; `create_app` includes it and puts the per-app state
-(settings, model spec, queue) on `app.state`, where the dependencies find it. The request parameters
+(settings, the served models, queue) on `app.state`, where the dependencies find it. The request parameters
 are one validated type (schemas.UpscaleParams through `Depends()`), passed down unchanged; every error
 code maps to its status through one table (schemas.ERROR_STATUS).
 
@@ -34,8 +34,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rsd.imagefile import ImageLimits
-from rsd.spec import ModelSpec, read_spec
 from service import metrics
 from service.intake import deadline_s, make_job
 from service.jobs import Job, JobResult, JobStatus
@@ -60,11 +58,12 @@ from service.schemas import (
     HealthInfo,
     JobInfo,
     Liveness,
+    ModelInfo,
     UpscaleParams,
     first_error,
 )
+from service.served import ServedModels
 from service.settings import ServiceSettings
-from service.uploads import image_limits
 
 log = logging.getLogger(__name__)
 #: the page's static files, next to this module (a plain path works in editable and wheel installs alike)
@@ -84,11 +83,10 @@ class BackgroundWorker(Protocol):
 class AppState:
     """What the routes need, built once per app (`app.state.rsd`)."""
 
-    def __init__(self, settings: ServiceSettings, spec: ModelSpec, queue: ApiQueue) -> None:
+    def __init__(self, settings: ServiceSettings, models: ServedModels, queue: ApiQueue) -> None:
         self.settings = settings
-        self.spec = spec
+        self.models = models
         self.queue = queue
-        self.limits: ImageLimits = image_limits(settings, spec.scale)
 
 
 def create_app(settings: ServiceSettings, queue: ApiQueue, worker: BackgroundWorker | None = None) -> FastAPI:
@@ -109,7 +107,7 @@ def create_app(settings: ServiceSettings, queue: ApiQueue, worker: BackgroundWor
             metrics.mark_process_dead()
 
     app = FastAPI(title="rsd-serve", version="0.1.0", lifespan=lifespan)
-    app.state.rsd = AppState(settings, read_spec(settings.model_dir), api_queue)
+    app.state.rsd = AppState(settings, ServedModels.from_settings(settings), api_queue)
     app.add_middleware(ObservabilityMiddleware)
     _add_error_handlers(app)
     app.include_router(router)
@@ -230,7 +228,7 @@ def _image_response(result: JobResult, seed: int, job_id: str) -> Response:
 
 async def _submit(state: AppState, request: Request, params: UpscaleParams) -> tuple[Job, str, bool]:
     await state.queue.precheck(time.time() + deadline_s(state.settings, params))
-    job = await make_job(state.settings, state.spec, state.limits, request, params)
+    job = await make_job(state.settings, state.models, request, params)
     submitted = await state.queue.submit(job)
     metrics.BACKLOG.set(submitted.backlog)
     return job, submitted.job_id, submitted.duplicate
@@ -348,6 +346,12 @@ async def job_result(job_id: str, state: State) -> Response:
         raise DeadlineExceeded(job_id)
     code, message = (info.error.code, info.error.message) if info.error else ("job_failed", info.status)
     raise ApiError(code, message)
+
+
+@router.get("/models", response_model=list[ModelInfo], dependencies=KEYED)
+async def list_models(state: State) -> list[ModelInfo]:
+    """The models this server serves (`model=` of /upscale and /jobs), the default first."""
+    return state.models.infos()
 
 
 @router.get("/healthz", response_model=Liveness)

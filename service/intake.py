@@ -15,15 +15,14 @@ import time
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from rsd.imagefile import ImageLimits
 from rsd.imageops import tile_count
 from rsd.noise import random_seed
-from rsd.spec import ModelSpec
 from service import metrics
 from service.jobs import Job, JobParams, new_job_id
 from service.schemas import ApiError, UpscaleParams
+from service.served import ServedModels
 from service.settings import ServiceSettings
-from service.uploads import image_size, read_upload
+from service.uploads import image_limits, image_size, read_upload
 
 
 def deadline_s(settings: ServiceSettings, params: UpscaleParams) -> float:
@@ -32,13 +31,15 @@ def deadline_s(settings: ServiceSettings, params: UpscaleParams) -> float:
     return settings.default_deadline_s if given is None else min(given / 1000, settings.max_deadline_s)
 
 
-async def make_job(
-    settings: ServiceSettings, spec: ModelSpec, limits: ImageLimits, request: Request, params: UpscaleParams
-) -> Job:
-    """Read the upload, check its header and price it; raises ApiError with the documented status."""
+async def make_job(settings: ServiceSettings, models: ServedModels, request: Request, params: UpscaleParams) -> Job:
+    """Read the upload, pick the model, check the header and price it; raises ApiError with the
+    documented status."""
     arrived = time.time()
     data, form = await read_upload(request, settings.max_bytes)
     params = params.with_form(form)
+    served = models.pick(params.model)
+    spec = served.spec
+    limits = image_limits(settings, spec.scale, params.outscale)
     tile = params.tile or spec.default_tile
     if tile not in spec.tiles:
         raise ApiError("invalid_parameters", f"tile {tile} is not one of the model's tiles {spec.tiles}")
@@ -55,6 +56,8 @@ async def make_job(
         seed=random_seed() if params.seed is None else params.seed,
         tile=tile,
         overlap=overlap,
+        model=served.name,
+        outscale=params.outscale,
     )
     # the same key must come with the same request: the bytes and the parameters the client chose
     fingerprint = hashlib.sha256(data + repr(sorted(params.explicit().items())).encode()).hexdigest()

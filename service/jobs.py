@@ -36,13 +36,16 @@ def new_job_id() -> str:
 
 @dataclass(frozen=True)
 class JobParams:
-    """What to compute: the seed fixes the noise of every tile (rsd.noise), so a job is reproducible."""
+    """What to compute: the seed fixes the noise of every tile (rsd.noise), so a job is reproducible.
+    `model` names the served model (serving.md "Models"); `outscale` the final scale (None: the model's)."""
 
     format: OutputFormat
     quality: int
     seed: int
     tile: int
     overlap: int
+    model: str
+    outscale: float | None = None
 
     def to_fields(self) -> dict[str, str]:
         return {
@@ -51,6 +54,8 @@ class JobParams:
             "seed": str(self.seed),
             "tile": str(self.tile),
             "overlap": str(self.overlap),
+            "model": self.model,
+            "outscale": "" if self.outscale is None else repr(self.outscale),
         }
 
     @classmethod
@@ -64,6 +69,8 @@ class JobParams:
             seed=int(fields["seed"]),
             tile=int(fields["tile"]),
             overlap=int(fields["overlap"]),
+            model=fields["model"],
+            outscale=float(fields["outscale"]) if fields.get("outscale") else None,
         )
 
 
@@ -136,6 +143,7 @@ class JobRecord:
     error_message: str | None = None
     tiles_done: int = 0
     eta_s: float | None = None
+    model: str = ""
 
 
 @dataclass(frozen=True)

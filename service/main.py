@@ -3,9 +3,11 @@ and the embedded worker are built here from the settings, and nowhere else.
 
 - `inprocess_queue(settings)`: the embedded mode's queue (API and worker thread in one process).
 - `redis_api_queue(settings)`: an API replica's side of Redis Streams (asyncio, no torch).
-- `redis_worker_queue(settings)`: a worker process's side (blocking; service.worker_process uses it).
-- `build_app(settings)`: with REDIS_URL an API replica, without it the embedded mode. The model code is
-  imported only inside the embedded branch, so an API replica never loads torch.
+- `redis_worker_queue(settings, model)`: a worker process's side of one model's stream (blocking;
+  service.worker_process uses it).
+- `build_app(settings)`: with REDIS_URL an API replica, without it the embedded mode (one worker thread
+  per served model, serving.md "Models"). The model code is imported only inside the embedded branch,
+  so an API replica never loads torch.
 
 `uvicorn --factory service.main:app_from_env` builds the app from the environment in each process.
 """
@@ -13,6 +15,7 @@ and the embedded worker are built here from the settings, and nowhere else.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from service.settings import ServiceSettings
@@ -38,6 +41,7 @@ def inprocess_queue(settings: ServiceSettings) -> InProcessQueue:
         heartbeat_timeout_s=max(10.0, 5 * settings.worker_heartbeat_s),
         result_store_bytes=settings.result_store_bytes,
         sweep_interval_s=settings.result_sweep_s,
+        models=tuple(settings.model_dirs),
     )
 
 
@@ -47,12 +51,13 @@ def redis_api_queue(settings: ServiceSettings) -> RedisApiQueue:
     return RedisApiQueue(settings)
 
 
-def redis_worker_queue(settings: ServiceSettings) -> RedisWorkerQueue:
+def redis_worker_queue(settings: ServiceSettings, model: str) -> RedisWorkerQueue:
+    """The worker side of one model's stream (serving.md "Models")."""
     from service.queue.redis_worker import RedisWorkerQueue
 
     if settings.redis_url is None:
         raise ValueError("rsd worker needs REDIS_URL (the embedded mode runs its worker inside `rsd serve`)")
-    return RedisWorkerQueue(settings)
+    return RedisWorkerQueue(settings, model)
 
 
 def build_app(settings: ServiceSettings | None = None) -> FastAPI:
@@ -61,11 +66,15 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     if settings.redis_url is not None:
         return create_app(settings, redis_api_queue(settings))
-    from service.embedded import WorkerThread
+    from service.embedded import WorkerThread, WorkerThreads
     from service.model_loading import load_model
 
     queue = inprocess_queue(settings)
-    return create_app(settings, queue, WorkerThread(lambda: load_model(settings), queue, settings))
+    threads = [
+        WorkerThread(partial(load_model, settings, directory), queue.for_model(name), settings, name)
+        for name, directory in settings.model_dirs.items()
+    ]
+    return create_app(settings, queue, WorkerThreads(threads))
 
 
 def app_from_env() -> FastAPI:

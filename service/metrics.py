@@ -44,14 +44,17 @@ REQUEST_DURATION = Histogram(
     ["route", "status"],
     buckets=LATENCY_BUCKETS,
 )
+# the worker-side series carry the served model's name (serving.md "Models"): one label set per model
 QUEUE_WAIT = Histogram(
-    "rsd_queue_wait_seconds", "Time from admission to a worker taking the job", buckets=LATENCY_BUCKETS
+    "rsd_queue_wait_seconds", "Time from admission to a worker taking the job", ["model"], buckets=LATENCY_BUCKETS
 )
 BATCH_COMPUTE = Histogram(
-    "rsd_batch_compute_seconds", "Model time per batch of tiles", ["backend"], buckets=LATENCY_BUCKETS
+    "rsd_batch_compute_seconds", "Model time per batch of tiles", ["backend", "model"], buckets=LATENCY_BUCKETS
 )
-BATCH_SIZE = Histogram("rsd_batch_size_tiles", "Tiles per model batch", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
-TILES = Counter("rsd_tiles", "Tiles computed by the model")
+BATCH_SIZE = Histogram(
+    "rsd_batch_size_tiles", "Tiles per model batch", ["model"], buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+)
+TILES = Counter("rsd_tiles", "Tiles computed by the model", ["model"])
 REJECTED = Counter("rsd_requests_rejected", "Requests refused, by reason", ["reason"])
 REDELIVERIES = Counter("rsd_job_redeliveries", "Jobs reclaimed from a worker whose lease lapsed")
 DEAD_JOBS = Counter("rsd_dead_jobs", "Jobs sent to the dead stream after max attempts")

@@ -4,6 +4,7 @@ into an Upscaler. Imported only where a model runs (the worker process, the embe
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from service.settings import ServiceSettings
@@ -14,7 +15,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def load_model(settings: ServiceSettings) -> Upscaler:
+def load_model(settings: ServiceSettings, model_dir: Path | None = None) -> Upscaler:
+    """The Upscaler of `model_dir` (default: the settings' default model) on the settings' backend."""
     from rsd.backends import load_upscaler
     from rsd.precision import resolve_dtype
 
@@ -24,5 +26,6 @@ def load_model(settings: ServiceSettings) -> Upscaler:
         torch.set_num_threads(settings.torch_threads)
 
     precision = resolve_dtype(settings.dtype, settings.backend, settings.device)  # one line names it and why
-    log.info("loading %s (%s, %s), %s", settings.model_dir, settings.backend, settings.device, precision.describe())
-    return load_upscaler(settings.model_dir, settings.backend, settings.device, precision.dtype)
+    model_dir = model_dir or next(iter(settings.model_dirs.values()))
+    log.info("loading %s (%s, %s), %s", model_dir, settings.backend, settings.device, precision.describe())
+    return load_upscaler(model_dir, settings.backend, settings.device, precision.dtype)

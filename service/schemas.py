@@ -14,7 +14,10 @@ from fastapi import Header, Query
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from rsd.kinds import OutputFormat
+from rsd.outscale import MODEL_SCALE
+from rsd.spec import ModelSpec
 from service.jobs import CONTENT_TYPES, JobRecord
+from service.settings import MODEL_NAME
 
 #: seeds are 63-bit (rsd.noise.SEED_LIMIT): they fit a signed 64-bit integer everywhere
 SEED_MAX = 2**63 - 1
@@ -72,6 +75,10 @@ class UpscaleParams:
     quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WEBP quality")] = None
     seed: Annotated[int | None, Query(ge=0, le=SEED_MAX, description="noise seed; random if unset")] = None
     tile: Annotated[int | None, Query(gt=0, description="tile size: one of the model's tiles")] = None
+    model: Annotated[str | None, Query(pattern=MODEL_NAME, description="one of GET /models (default: first)")] = None
+    outscale: Annotated[
+        float | None, Query(gt=1, le=MODEL_SCALE, description="final scale in (1, 4]: the x4 result resized (Lanczos)")
+    ] = None
     deadline_ms: Annotated[int | None, Query(gt=0, le=MAX_DEADLINE_MS, description="time budget from arrival, ms")] = (
         None
     )
@@ -98,7 +105,7 @@ class UpscaleParams:
         return {name: getattr(self, name) for name in _FORM_FIELDS if name != "deadline_ms"}
 
 
-_FORM_FIELDS = ("format", "quality", "seed", "tile", "deadline_ms")
+_FORM_FIELDS = ("format", "quality", "seed", "tile", "model", "outscale", "deadline_ms")
 _PARAMS = TypeAdapter(UpscaleParams)
 
 
@@ -107,6 +114,8 @@ class JobInfo(BaseModel):
 
     id: str
     status: Literal["queued", "running", "done", "failed", "expired", "cancelled"]
+    #: the served model computing it (GET /models)
+    model: str = ""
     seed: int
     cost_tiles: int
     created: float
@@ -128,6 +137,7 @@ class JobInfo(BaseModel):
         return cls(
             id=record.id,
             status=record.status.value,
+            model=record.model,
             seed=record.seed,
             cost_tiles=record.cost_tiles,
             created=record.created,
@@ -139,6 +149,28 @@ class JobInfo(BaseModel):
             error=error,
             result_url=f"/jobs/{record.id}/result" if record.status.value == "done" else None,
         )
+
+
+class ModelInfo(BaseModel):
+    """GET /models: one served model (serving.md "Models")."""
+
+    name: str
+    #: rsd, sinsr, resshift-s15, resshift-s4 (rsd.family)
+    family: str
+    #: network evaluations per image: 1 for RSD and SinSR, K for ResShift's K ancestral steps
+    steps: int
+    #: the LR tile sizes `tile=` may name, and the one used when it is not given
+    tiles: list[int]
+    default_tile: int
+    scale: int
+    default: bool
+
+    @classmethod
+    def from_spec(cls, name: str, spec: ModelSpec, default: bool) -> ModelInfo:
+        return cls(
+            name=name, family=spec.family, steps=spec.sampler.steps, tiles=list(spec.tiles),
+            default_tile=spec.default_tile, scale=spec.scale, default=default,
+        )  # fmt: skip
 
 
 class HealthInfo(BaseModel):

@@ -3,11 +3,15 @@
 Every knob has an `RSD_` variable (`RSD_MAX_BYTES`, `RSD_MAX_BACKLOG_TILES`, ...) except the two that
 deployments name by convention: `RSD_MODEL` (artifact directory) and `REDIS_URL` (switches from the
 embedded in-process queue to Redis Streams). Unknown `RSD_*` fields in a constructor call are errors.
+
+Models (serving.md "Models"): `RSD_MODELS=name=DIR,name2=DIR2` serves several, the first the default;
+without it `RSD_MODEL=DIR` serves one, named after its directory. `model_dirs` is the one reading of both.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from pathlib import Path
@@ -17,6 +21,23 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rsd.kinds import BUNDLED_MODEL, BackendKind, DTypeChoice, OutputFormat
+
+#: a model's name: in URLs (`?model=`), Redis keys (`{prefix}:jobs:{name}`) and metric labels
+MODEL_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+def parse_models(text: str) -> dict[str, Path]:
+    """`name=DIR,name2=DIR2` -> {name: DIR}, in order; a malformed entry or a repeated name is an error."""
+    table: dict[str, Path] = {}
+    for item in (part.strip() for part in text.split(",")):
+        name, sep, directory = item.partition("=")
+        name, directory = name.strip(), directory.strip()
+        if not sep or not directory or re.fullmatch(MODEL_NAME, name) is None:
+            raise ValueError(f"RSD_MODELS entry {item!r} is not name=DIR (a name of A-Z a-z 0-9 _ . -, 1-64 long)")
+        if name in table:
+            raise ValueError(f"RSD_MODELS names {name!r} twice")
+        table[name] = Path(directory)
+    return table
 
 
 def _instance_id() -> str:
@@ -31,6 +52,8 @@ class ServiceSettings(BaseSettings):
 
     # --- model (worker side; the API reads only spec.json) ---
     model_dir: Path = Field(default=BUNDLED_MODEL, validation_alias=AliasChoices("RSD_MODEL", "model_dir"))
+    #: several models, `name=DIR,...` (the first is the default); when set, RSD_MODEL is not read
+    models: str | None = Field(default=None, validation_alias=AliasChoices("RSD_MODELS", "models"))
     backend: BackendKind = "torch"
     device: str = "cpu"
     #: "auto": the fastest safe dtype for the backend and device (rsd.precision; bf16 on CPUs with
@@ -98,6 +121,14 @@ class ServiceSettings(BaseSettings):
     # --- security ---
     api_key: SecretStr | None = None
 
+    @field_validator("models")
+    @classmethod
+    def _check_models(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_models(value)
+            return value
+        return None
+
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -115,6 +146,20 @@ class ServiceSettings(BaseSettings):
                 f"max_output_pixels {self.max_output_pixels} is below max_input_pixels {self.max_input_pixels}"
             )
         return self
+
+    @property
+    def model_dirs(self) -> dict[str, Path]:
+        """The served models, name -> artifact directory, the default first (RSD_MODELS, else RSD_MODEL)."""
+        if self.models is not None:
+            return parse_models(self.models)
+        name = self.model_dir.resolve().name
+        if re.fullmatch(MODEL_NAME, name) is None:
+            raise ValueError(f"model directory name {name!r} is not a model name: use RSD_MODELS=name={self.model_dir}")
+        return {name: self.model_dir}
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.model_dirs))
 
     @property
     def embedded(self) -> bool:

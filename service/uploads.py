@@ -18,12 +18,14 @@ from service.schemas import ApiError
 from service.settings import ServiceSettings
 
 
-def image_limits(settings: ServiceSettings, scale: int = 4) -> ImageLimits:
+def image_limits(settings: ServiceSettings, scale: int = 4, outscale: float | None = None) -> ImageLimits:
+    """The caps for one job: the output-pixel cap applies to the final size (x`outscale` when given)."""
     return ImageLimits(
         max_bytes=settings.max_bytes,
         max_input_pixels=settings.max_input_pixels,
         max_output_pixels=settings.max_output_pixels,
         scale=scale,
+        outscale=outscale,
     )
 
 

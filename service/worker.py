@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rsd.imagefile import DecodedImage, ImageError, encode_image, read_image
+from rsd.outscale import output_size
 from rsd.pipeline import PreparedImage, finish_image, prepare_image, run_tiles
 from rsd.precision import dtype_in_name
 from service import metrics
@@ -116,16 +117,19 @@ class _Stage:
 class Worker:
     """Runs jobs from a WorkerQueue on an Upscaler. `run(stop)` blocks until `stop` is set and idle."""
 
-    def __init__(self, queue: WorkerQueue, upscaler: Upscaler, settings: ServiceSettings) -> None:
+    def __init__(
+        self, queue: WorkerQueue, upscaler: Upscaler, settings: ServiceSettings, model: str | None = None
+    ) -> None:
         self.queue = queue
         self.upscaler = upscaler
         self.settings = settings
+        #: the served model's name (serving.md "Models"): the metrics' `model` label
+        self.model = model or settings.default_model
         self.pipeline = settings.worker_pipeline
         self.batch_cap = settings.max_batch_tiles
         self.fixed_batch = settings.fixed_batch
         self.tiles_per_s = 0.0
         self.ready = False
-        self._limits = image_limits(settings, upscaler.spec.scale)
         # jobs from claim to publication (the room, the keeper's leases); any thread, under the condition
         self._hand: dict[str, ClaimedJob] = {}
         self._room = threading.Condition()
@@ -221,7 +225,7 @@ class Worker:
         """Decode and tile a claimed job; input errors fail that job only."""
         params = job.params
         try:
-            decoded = read_image(job.data, self._limits)
+            decoded = read_image(job.data, image_limits(self.settings, self.upscaler.spec.scale, params.outscale))
             prepared = prepare_image(
                 decoded.rgb, params.seed, params.tile, params.overlap, self.upscaler.spec.lr_multiple
             )
@@ -390,9 +394,9 @@ class Worker:
             return self._run_split(tiles[:half], seeds[:half]) + self._run_split(tiles[half:], seeds[half:])
 
     def _account(self, n_tiles: int, elapsed: float) -> None:
-        metrics.BATCH_COMPUTE.labels(backend=self.upscaler.name).observe(elapsed)
-        metrics.BATCH_SIZE.observe(n_tiles)
-        metrics.TILES.inc(n_tiles)
+        metrics.BATCH_COMPUTE.labels(backend=self.upscaler.name, model=self.model).observe(elapsed)
+        metrics.BATCH_SIZE.labels(model=self.model).observe(n_tiles)
+        metrics.TILES.labels(model=self.model).inc(n_tiles)
         rate = n_tiles / max(elapsed, 1e-6)
         self.tiles_per_s = rate if self.tiles_per_s == 0 else 0.8 * self.tiles_per_s + 0.2 * rate
 
@@ -402,16 +406,19 @@ class Worker:
         try:
             sr_rgb = finish_image(np.stack(active.outputs), active.prepared, self.upscaler.spec.scale)  # type: ignore[arg-type]
             started = time.perf_counter()
-            data = encode_image(sr_rgb, active.decoded, job.params.format, job.params.quality)
+            params = job.params
+            data = encode_image(sr_rgb, active.decoded, params.format, params.quality, outscale=params.outscale)
             encode_s = time.perf_counter() - started
+            source = active.decoded
+            height, width = output_size(source.height, source.width, params.outscale, self.upscaler.spec.scale)
         except Exception as exc:  # ValueError/OSError from the encoder; anything else must not strand the job
             self._end(job, partial(self.queue.fail, job, "encode_failed", f"the result cannot be encoded: {exc}"))
             return
         result = JobResult(
             data=data,
             content_type=CONTENT_TYPES[job.params.format],
-            width=int(sr_rgb.shape[1]),
-            height=int(sr_rgb.shape[0]),
+            width=width,
+            height=height,
             queue_s=active.queue_s,
             compute_s=active.compute_s,
             encode_s=encode_s,

@@ -5,6 +5,10 @@ matters to clients: admission in tiles with Retry-After, Idempotency-Key, a job 
 before compute when its deadline has passed, exactly one terminal status per job. There are no
 leases: a thread cannot die without the process.
 
+Models (serving.md "Models"): one worker thread per served model, each on its view `for_model(name)`,
+which claims only that model's jobs and heartbeats for it; /readyz is ready once every model named at
+construction has a ready worker. Called directly (no view), the worker methods serve every model.
+
 Result retention (serving.md "Result retention"): a delivered synchronous result is released at once
 (`release`); the others are kept `result_ttl_s` or until the stored bytes pass `result_store_bytes`,
 oldest first. A sweep on a timer (`sweep_interval_s`, started in `start`) expires them, not only the
@@ -62,6 +66,7 @@ class _Entry:
             error_message=self.error_message,
             tiles_done=self.tiles_done,
             eta_s=self.eta_s,
+            model=job.params.model,
         )
 
 
@@ -77,7 +82,9 @@ class InProcessQueue(ApiQueue, WorkerQueue):
         heartbeat_timeout_s: float = 10.0,
         result_store_bytes: int = 256 * 2**20,
         sweep_interval_s: float = 5.0,
+        models: Sequence[str] = (),
     ) -> None:
+        self._models = tuple(models)
         self._limit = max_backlog_tiles
         self._store_cap = result_store_bytes
         self._sweep_interval_s = sweep_interval_s
@@ -90,14 +97,13 @@ class InProcessQueue(ApiQueue, WorkerQueue):
         self._idem_ttl_s = idempotency_ttl_s
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self._cond = threading.Condition()
-        self._queued: deque[str] = deque()
+        #: model -> queued job ids, oldest first
+        self._queued: dict[str, deque[str]] = {}
         self._entries: dict[str, _Entry] = {}
         self._idem: dict[str, tuple[str, str, float]] = {}
         self._backlog = 0
-        self._worker_ready = False
-        self._worker_rate = 0.0
-        self._worker_dtype: str | None = None
-        self._last_heartbeat = 0.0
+        #: model (None: a worker serving every model) -> its worker's last heartbeat
+        self._beats: dict[str | None, _Beat] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ API side
@@ -124,7 +130,8 @@ class InProcessQueue(ApiQueue, WorkerQueue):
             return self._stored_bytes
 
     def _rate(self) -> float:
-        return self._worker_rate if self._worker_rate > 0 else self._assumed_rate
+        measured = sum(beat.tiles_per_s for beat in self._beats.values())
+        return measured if measured > 0 else self._assumed_rate
 
     async def precheck(self, deadline: float) -> None:
         with self._cond:
@@ -149,7 +156,7 @@ class InProcessQueue(ApiQueue, WorkerQueue):
             if refusal is not None:
                 raise refusal
             self._entries[job.id] = _Entry(job)
-            self._queued.append(job.id)
+            self._queued.setdefault(job.params.model, deque()).append(job.id)
             self._backlog += job.cost_tiles
             if job.idempotency_key is not None:
                 self._idem[job.idempotency_key] = (job.id, job.fingerprint, now + self._idem_ttl_s)
@@ -218,31 +225,45 @@ class InProcessQueue(ApiQueue, WorkerQueue):
             return self._backlog
 
     async def health(self) -> Health:
+        now = time.time()
         with self._cond:
-            fresh = time.time() - self._last_heartbeat < self._heartbeat_timeout_s
-            ready = self._worker_ready and fresh
-            if ready:
-                reason = "ok"
-            elif not fresh and self._last_heartbeat:
-                reason = "the worker thread stopped answering"
-            else:
-                reason = "the model is loading or warming up"
-            dtypes = (self._worker_dtype,) if ready and self._worker_dtype else ()
-            return Health(ready, reason, self._backlog, int(ready), self._rate(), dtypes)
+            fresh = {m: b for m, b in self._beats.items() if now - b.at < self._heartbeat_timeout_s}
+            ready = {m: b for m, b in fresh.items() if b.ready}
+            missing = [m for m in self._models if m not in ready and None not in ready]
+            if not ready or missing:
+                stale = [m for m in self._beats if m not in fresh]
+                what = f" (models {', '.join(missing)})" if missing and self._models[1:] else ""
+                if stale:
+                    reason = f"the worker thread stopped answering{what}"
+                else:
+                    reason = f"the model is loading or warming up{what}"
+                return Health(False, reason, self._backlog, len(ready), self._rate())
+            dtypes = tuple(sorted({b.dtype for b in ready.values() if b.dtype}))
+            return Health(True, "ok", self._backlog, len(ready), self._rate(), dtypes)
+
+    def for_model(self, model: str) -> WorkerQueue:
+        """The worker side for one model's worker thread: claims its jobs, heartbeats for it."""
+        return _ModelView(self, model)
 
     # ------------------------------------------------------------------ worker side
-    def claim(self, max_jobs: int, max_wait_s: float) -> list[ClaimedJob]:
+    def _waiting(self, model: str | None) -> deque[str] | None:
+        """The first non-empty queue of `model` (None: of any model), lock held."""
+        if model is not None:
+            return self._queued.get(model) or None
+        return next((ids for ids in self._queued.values() if ids), None)
+
+    def claim(self, max_jobs: int, max_wait_s: float, model: str | None = None) -> list[ClaimedJob]:
         claimed: list[ClaimedJob] = []
         end = time.monotonic() + max_wait_s
         with self._cond:
-            while not self._queued:
+            while self._waiting(model) is None:
                 remaining = end - time.monotonic()
                 if remaining <= 0:
                     return claimed
                 self._cond.wait(remaining)
             now = time.time()
-            while self._queued and len(claimed) < max_jobs:
-                entry = self._entries.get(self._queued.popleft())
+            while (ids := self._waiting(model)) is not None and len(claimed) < max_jobs:
+                entry = self._entries.get(ids.popleft())
                 if entry is None or entry.status is not JobStatus.QUEUED:
                     continue  # cancelled or expired while queued: already terminal and uncounted
                 if entry.job.deadline <= now:  # serving.md: dropped before compute
@@ -251,7 +272,8 @@ class InProcessQueue(ApiQueue, WorkerQueue):
                 entry.status = JobStatus.RUNNING
                 entry.attempts += 1
                 job = entry.job
-                metrics.QUEUE_WAIT.observe(max(0.0, now - job.created))  # as the Redis transport does
+                # as the Redis transport does
+                metrics.QUEUE_WAIT.labels(model=job.params.model).observe(max(0.0, now - job.created))
                 claimed.append(ClaimedJob(job.id, job.params, job.data, job.deadline, job.created, entry.attempts))
         return claimed
 
@@ -296,12 +318,9 @@ class InProcessQueue(ApiQueue, WorkerQueue):
     def fail(self, job: ClaimedJob, code: str, message: str) -> bool:
         return self._finish(job.id, JobStatus.FAILED, code, message)
 
-    def heartbeat(self, ready: bool, tiles_per_s: float, dtype: str | None = None) -> None:
+    def heartbeat(self, ready: bool, tiles_per_s: float, dtype: str | None = None, model: str | None = None) -> None:
         with self._cond:
-            self._worker_ready = ready
-            self._worker_rate = tiles_per_s
-            self._worker_dtype = dtype
-            self._last_heartbeat = time.time()
+            self._beats[model] = _Beat(time.time(), ready, tiles_per_s, dtype)
 
     # ------------------------------------------------------------------ shared
     def _finish(self, job_id: str, status: JobStatus, code: str | None, message: str | None) -> bool:
@@ -342,6 +361,43 @@ class InProcessQueue(ApiQueue, WorkerQueue):
                 self._drop_result(entry, "expired")
         for key in [key for key, (_, _, expires) in self._idem.items() if expires < now]:
             del self._idem[key]
+
+
+@dataclass(frozen=True)
+class _Beat:
+    at: float
+    ready: bool
+    tiles_per_s: float
+    dtype: str | None
+
+
+class _ModelView(WorkerQueue):
+    """One model's worker side of an InProcessQueue (`for_model`)."""
+
+    def __init__(self, queue: InProcessQueue, model: str) -> None:
+        self._queue = queue
+        self.model = model
+
+    def claim(self, max_jobs: int, max_wait_s: float) -> list[ClaimedJob]:
+        return self._queue.claim(max_jobs, max_wait_s, model=self.model)
+
+    def live(self, jobs: Sequence[ClaimedJob]) -> set[str]:
+        return self._queue.live(jobs)
+
+    def keepalive(self, jobs: Sequence[ClaimedJob]) -> None:
+        return None
+
+    def complete(self, job: ClaimedJob, result: JobResult) -> bool:
+        return self._queue.complete(job, result)
+
+    def fail(self, job: ClaimedJob, code: str, message: str) -> bool:
+        return self._queue.fail(job, code, message)
+
+    def report_progress(self, job_id: str, tiles_done: int, tiles_total: int, eta_s: float | None) -> None:
+        self._queue.report_progress(job_id, tiles_done, tiles_total, eta_s)
+
+    def heartbeat(self, ready: bool, tiles_per_s: float, dtype: str | None = None) -> None:
+        self._queue.heartbeat(ready, tiles_per_s, dtype, model=self.model)
 
 
 def _wake_all(waiters: list[asyncio.Future[None]]) -> None:

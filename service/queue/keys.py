@@ -2,14 +2,14 @@
 
 | key | type | content |
 |---|---|---|
-| {prefix}:jobs | stream, group `workers` | one entry per job: id, cost (tiles), deadline |
+| {prefix}:jobs:{model} | stream, group `workers` | one entry per job of that model: id, cost (tiles), deadline |
 | {prefix}:job:{id} | hash | params, status, attempts, error, api instance, entry id, times |
 | {prefix}:in:{id} / {prefix}:out:{id} | string | encoded input / result bytes, with TTLs |
 | {prefix}:reply:{api} | stream | completion notices for one API replica (a wake-up; the hash is the truth) |
 | {prefix}:idem:{key} | string | job id for an Idempotency-Key |
 | {prefix}:backlog | int | outstanding tiles (admit adds, every terminal transition subtracts, atomically) |
 | {prefix}:dead | stream | poison jobs after max attempts |
-| {prefix}:workers | hash | worker name -> JSON heartbeat (time, ready, tiles/s) for readiness and Retry-After |
+| {prefix}:workers | hash | `{worker}/{model}` -> JSON heartbeat (time, ready, tiles/s, dtype, model) |
 | {prefix}:store | sorted set | job ids of stored results, scored by completion time (eviction order) |
 | {prefix}:store:sizes / :bytes / :cap | hash / int / int | result sizes, their sum, the cap in bytes |
 """
@@ -25,9 +25,9 @@ GROUP = "workers"
 class RedisKeys:
     prefix: str = "rsd"
 
-    @property
-    def jobs(self) -> str:
-        return f"{self.prefix}:jobs"
+    def jobs(self, model: str) -> str:
+        """One stream per served model: a worker reads only its models' streams (serving.md "Models")."""
+        return f"{self.prefix}:jobs:{model}"
 
     @property
     def backlog(self) -> str:

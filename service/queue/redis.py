@@ -96,6 +96,7 @@ def record_from_hash(job_id: str, fields: dict[str, str]) -> JobRecord:
         error_message=fields.get("error_message") or None,
         tiles_done=int(fields.get("tiles_done") or 0),
         eta_s=float(fields["eta_s"]) if fields.get("eta_s") else None,
+        model=fields.get("model", ""),
     )
 
 
@@ -141,8 +142,10 @@ class RedisApiQueue(ApiQueue):
         self._waiters: dict[str, list[asyncio.Event]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
-        #: (read at, tiles/s, ready workers, the dtypes the ready workers run)
-        self._rate_cache: tuple[float, float, int, tuple[str, ...]] = (0.0, 0.0, 0, ())
+        #: the models this API admits jobs for: /readyz wants a ready worker for each
+        self._models = tuple(settings.model_dirs)
+        #: (read at, tiles/s, ready workers, the dtypes the ready workers run, the models they serve)
+        self._rate_cache: tuple[float, float, int, tuple[str, ...], frozenset[str]] = _NO_RATE
 
     async def start(self) -> None:
         try:
@@ -175,7 +178,7 @@ class RedisApiQueue(ApiQueue):
     # ------------------------------------------------------------------ admission
     async def _throughput(self) -> tuple[float, int]:
         """Measured tiles/s summed over fresh workers (cached 1 s), or the assumed rate."""
-        read_at, rate, workers, _ = self._rate_cache
+        read_at, rate, workers, _, _ = self._rate_cache
         now = time.time()
         if now - read_at > 1.0:
             raw = await self._client.hgetall(self._keys.workers)
@@ -184,7 +187,7 @@ class RedisApiQueue(ApiQueue):
             workers = len(ready)
             rate = sum(float(beat.get("tiles_per_s", 0.0)) for beat in beats)
             dtypes = tuple(sorted({str(beat["dtype"]) for beat in ready if beat.get("dtype")}))
-            self._rate_cache = (now, rate, workers, dtypes)
+            self._rate_cache = (now, rate, workers, dtypes, frozenset(str(beat.get("model")) for beat in ready))
         return (rate if rate > 0 else self._settings.assumed_tiles_per_s), workers
 
     # ------------------------------------------------------------------ result store
@@ -257,7 +260,8 @@ class RedisApiQueue(ApiQueue):
             params = [item for pair in job.params.to_fields().items() for item in pair]
             params += ["width", str(job.width), "height", str(job.height)]
             reply = await self._admit(
-                keys=[keys.backlog, keys.jobs, keys.job(job.id), keys.input(job.id), keys.idempotency(idem or "")],
+                keys=[keys.backlog, keys.jobs(job.params.model), keys.job(job.id), keys.input(job.id),
+                      keys.idempotency(idem or "")],
                 args=[
                     job.id, job.cost_tiles, self._settings.max_backlog_tiles, repr(job.deadline), repr(job.created),
                     job.data, ttl, self._settings.instance, "1" if idem else "0", self._settings.idempotency_ttl_s,
@@ -336,8 +340,9 @@ class RedisApiQueue(ApiQueue):
     async def _end(self, job_id: str, status: JobStatus, code: str, message: str) -> bool:
         keys = self._keys
         with unavailable_on_error(self._url):
+            model = _text(await self._client.hget(keys.job(job_id), "model"))  # its stream (never changes)
             ended = await self._finish(
-                keys=[keys.job(job_id), keys.input(job_id), keys.backlog, keys.jobs],
+                keys=[keys.job(job_id), keys.input(job_id), keys.backlog, keys.jobs(model)],
                 args=[GROUP, keys.reply(""), job_id, status.value, code, message, repr(time.time()),
                       self._settings.result_ttl_s],
             )  # fmt: skip
@@ -374,14 +379,20 @@ class RedisApiQueue(ApiQueue):
             with unavailable_on_error(self._url):
                 await self._client.ping()
                 backlog = int(await self._client.get(self._keys.backlog) or 0)
-                self._rate_cache = (0.0, 0.0, 0, ())
+                self._rate_cache = _NO_RATE
                 rate, workers = await self._throughput()
-                dtypes = self._rate_cache[3]
+                _, _, _, dtypes, served = self._rate_cache
         except QueueUnavailable as exc:
             return Health(False, str(exc), 0, 0, 0.0)
         if workers == 0:
             return Health(False, "no model worker is ready (none has sent a heartbeat recently)", backlog, 0, rate)
+        missing = [model for model in self._models if model not in served]
+        if missing:
+            return Health(False, f"no worker is ready for model {', '.join(missing)}", backlog, workers, rate)
         return Health(True, "ok", backlog, workers, rate, dtypes)
+
+
+_NO_RATE: tuple[float, float, int, tuple[str, ...], frozenset[str]] = (0.0, 0.0, 0, (), frozenset())
 
 
 def _text(value: bytes | str | None) -> str:

@@ -1,6 +1,7 @@
 """Redis Streams transport, worker side (serving.md "Worker loop" and "Failure" table).
 
-A worker reads new entries with XREADGROUP (consumer group `workers`), starts each with one script
+A worker queue serves one model: it reads new entries of that model's stream (`{prefix}:jobs:{model}`,
+serving.md "Models") with XREADGROUP (consumer group `workers`), starts each with one script
 that drops expired/cancelled/orphaned jobs before any compute, refreshes the leases of the entries it
 holds (XCLAIM JUSTID, only those it still owns), and completes with one script that makes duplicates
 no-ops. Every worker also runs the reaper: XAUTOCLAIM takes entries idle past the lease (their worker
@@ -37,11 +38,15 @@ PROGRESS_PERIOD_S = 0.25
 class RedisWorkerQueue(WorkerQueue):
     """Blocking client for one worker process; `keepalive` may be called from a second thread."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, model: str) -> None:
         if settings.redis_url is None:
             raise ValueError("RedisWorkerQueue needs settings.redis_url (REDIS_URL)")
         self.consumer = settings.instance
+        self.model = model
         self._keys = RedisKeys(settings.redis_prefix)
+        self._stream = self._keys.jobs(model)
+        #: one heartbeat per (process, model): a process serving two models is two workers to the API
+        self._beat_field = f"{self.consumer}/{model}"
         self._lease_ms = int(settings.lease_s * 1000)
         self._max_attempts = settings.max_attempts
         self._result_ttl_s = settings.result_ttl_s
@@ -75,7 +80,7 @@ class RedisWorkerQueue(WorkerQueue):
 
     def _ensure_group(self) -> None:
         try:
-            self._client.xgroup_create(self._keys.jobs, GROUP, id="0", mkstream=True)
+            self._client.xgroup_create(self._stream, GROUP, id="0", mkstream=True)
         except redis.exceptions.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -91,7 +96,7 @@ class RedisWorkerQueue(WorkerQueue):
             block = None if entries or max_wait_s <= 0 else max(1, int(max_wait_s * 1000))
             try:
                 replies: Any = self._client.xreadgroup(
-                    GROUP, self.consumer, {self._keys.jobs: ">"}, count=room, block=block
+                    GROUP, self.consumer, {self._stream: ">"}, count=room, block=block
                 )
             except redis.exceptions.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -112,7 +117,7 @@ class RedisWorkerQueue(WorkerQueue):
     def _reap(self, count: int) -> list[tuple[str, dict[bytes, bytes]]]:
         """XAUTOCLAIM idle entries; dead-letter those delivered more than max_attempts times."""
         try:
-            reply = self._client.xautoclaim(self._keys.jobs, GROUP, self.consumer, self._lease_ms, "0-0", count=count)
+            reply = self._client.xautoclaim(self._stream, GROUP, self.consumer, self._lease_ms, "0-0", count=count)
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" in str(exc):
                 return []
@@ -122,7 +127,7 @@ class RedisWorkerQueue(WorkerQueue):
             entry = _text(entry_raw)
             if fields is None:  # deleted meanwhile (the job ended)
                 continue
-            pending = self._client.xpending_range(self._keys.jobs, GROUP, min=entry, max=entry, count=1)
+            pending = self._client.xpending_range(self._stream, GROUP, min=entry, max=entry, count=1)
             deliveries = int(pending[0]["times_delivered"]) if pending else 1
             if deliveries > self._max_attempts:
                 self._bury(entry, fields, deliveries)
@@ -135,7 +140,7 @@ class RedisWorkerQueue(WorkerQueue):
         reason = f"gave up after {deliveries - 1} attempts: every worker that took it died or hung"
         keys = self._keys
         buried = self._dead(
-            keys=[keys.job(job_id), keys.input(job_id), keys.backlog, keys.jobs, keys.dead],
+            keys=[keys.job(job_id), keys.input(job_id), keys.backlog, self._stream, keys.dead],
             args=[GROUP, keys.reply(""), job_id, repr(time.time()), self._result_ttl_s, entry, deliveries, reason],
         )
         if int(buried) == 1:
@@ -148,7 +153,7 @@ class RedisWorkerQueue(WorkerQueue):
         keys = self._keys
         now = time.time()
         reply = self._start(
-            keys=[keys.job(job_id), keys.input(job_id), keys.backlog, keys.jobs],
+            keys=[keys.job(job_id), keys.input(job_id), keys.backlog, self._stream],
             args=[entry, GROUP, repr(now), self.consumer, keys.reply(""), job_id, self._result_ttl_s],
         )
         kind = _text(reply[0])
@@ -159,7 +164,7 @@ class RedisWorkerQueue(WorkerQueue):
             return None
         record = {_text(k): _text(v) for k, v in self._client.hgetall(keys.job(job_id)).items()}
         created = float(record["created"])
-        metrics.QUEUE_WAIT.observe(max(0.0, now - created))
+        metrics.QUEUE_WAIT.labels(model=self.model).observe(max(0.0, now - created))
         return ClaimedJob(
             id=job_id,
             params=JobParams.from_fields(record),
@@ -190,7 +195,7 @@ class RedisWorkerQueue(WorkerQueue):
     def keepalive(self, jobs: Sequence[ClaimedJob]) -> None:
         entries = [job.entry for job in jobs if job.entry]
         if entries:
-            self._refresh(keys=[self._keys.jobs], args=[GROUP, self.consumer, *entries])
+            self._refresh(keys=[self._stream], args=[GROUP, self.consumer, *entries])
 
     # ------------------------------------------------------------------ finishing
     def complete(self, job: ClaimedJob, result: JobResult) -> bool:
@@ -198,7 +203,7 @@ class RedisWorkerQueue(WorkerQueue):
         timing = [item for pair in result.timing_fields().items() for item in pair]
         self._progress_at.pop(job.id, None)
         done = self._complete(
-            keys=[keys.job(job.id), keys.input(job.id), keys.backlog, keys.jobs, keys.output(job.id),
+            keys=[keys.job(job.id), keys.input(job.id), keys.backlog, self._stream, keys.output(job.id),
                   *keys.store_keys()],
             args=[GROUP, keys.reply(""), job.id, repr(time.time()), self._result_ttl_s, result.data, keys.job(""),
                   keys.output(""), *timing],
@@ -220,21 +225,23 @@ class RedisWorkerQueue(WorkerQueue):
     def _end(self, job_id: str, status: JobStatus, code: str, message: str) -> bool:
         keys = self._keys
         ended = self._finish(
-            keys=[keys.job(job_id), keys.input(job_id), keys.backlog, keys.jobs],
+            keys=[keys.job(job_id), keys.input(job_id), keys.backlog, self._stream],
             args=[GROUP, keys.reply(""), job_id, status.value, code, message, repr(time.time()), self._result_ttl_s],
         )
         return int(ended) == 1
 
     def heartbeat(self, ready: bool, tiles_per_s: float, dtype: str | None = None) -> None:
-        beat: dict[str, Any] = {"time": time.time(), "ready": ready, "tiles_per_s": tiles_per_s, "dtype": dtype}
-        self._client.hset(self._keys.workers, self.consumer, json.dumps(beat))
+        beat: dict[str, Any] = {
+            "time": time.time(), "ready": ready, "tiles_per_s": tiles_per_s, "dtype": dtype, "model": self.model,
+        }  # fmt: skip
+        self._client.hset(self._keys.workers, self._beat_field, json.dumps(beat))
 
     def backlog(self) -> int:
         return int(self._client.get(self._keys.backlog) or 0)
 
     def close(self) -> None:
         with contextlib.suppress(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            self._client.hdel(self._keys.workers, self.consumer)
+            self._client.hdel(self._keys.workers, self._beat_field)
         self._client.close()
 
 

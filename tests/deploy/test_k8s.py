@@ -181,7 +181,7 @@ def test_keda_scales_the_worker_on_the_stream_and_group_the_code_uses() -> None:
     (trigger,) = scaled["spec"]["triggers"]
     metadata = trigger["metadata"]
     assert trigger["type"] == "redis-streams"
-    assert metadata["stream"] == RedisKeys(prefix=config["RSD_REDIS_PREFIX"]).jobs
+    assert metadata["stream"] == RedisKeys(prefix=config["RSD_REDIS_PREFIX"]).jobs(Path(config["RSD_MODEL"]).name)
     assert metadata["consumerGroup"] == GROUP
     assert 0 < int(metadata["pendingEntriesCount"]) < int(config["RSD_CLAIM_MAX_JOBS"])
     (worker,) = _containers(deployments["rsd-worker"])

@@ -22,6 +22,7 @@ import pytest
 
 from loadtests import local_stack, openloop, report, servermetrics
 from rsd.kinds import BUNDLED_MODEL
+from service.queue.keys import RedisKeys
 from tests.service.conftest import REDIS_SERVER, Processes, RedisServer, free_port, wait_ready
 
 pytestmark = [
@@ -59,7 +60,7 @@ def _stopped(pid: int) -> bool:
 
 
 def _pending_of(client: object, consumer: str) -> int:
-    summary = client.xpending(f"{PREFIX}:jobs", "workers")  # type: ignore[attr-defined]
+    summary = client.xpending(RedisKeys(PREFIX).jobs(BUNDLED_MODEL.name), "workers")  # type: ignore[attr-defined]
     for entry in summary.get("consumers") or []:
         if entry["name"] in (consumer, consumer.encode()):
             return int(entry["pending"])
@@ -189,7 +190,7 @@ def test_load_through_nginx_two_apis_two_workers_survives_a_killed_worker(
         assert sum(per_api) >= REQUESTS and min(per_api) > 0, per_api
         assert redeliveries >= kill["held"], (redeliveries, kill)
         assert int(redis_client.get(f"{PREFIX}:backlog") or 0) == 0
-        assert redis_client.xpending(f"{PREFIX}:jobs", "workers")["pending"] == 0
+        assert redis_client.xpending(RedisKeys(PREFIX).jobs(BUNDLED_MODEL.name), "workers")["pending"] == 0
         assert httpx.get(f"{url}/metrics").status_code == 404  # metrics are per replica, not via the balancer
 
         numbers = {

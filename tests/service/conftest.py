@@ -24,6 +24,7 @@ from loadtests.local_stack import REDIS_SERVER, free_port, redis_server_command,
 from service.api import create_app
 from service.embedded import WorkerThread
 from service.queue.inprocess import InProcessQueue
+from service.queue.keys import RedisKeys
 from service.settings import ServiceSettings
 from tests.service.fakes import FakeUpscaler, write_fake_model
 
@@ -180,6 +181,8 @@ class Stack:
             **{key: str(value) for key, value in env.items()},
         }
         self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        #: the jobs stream of the stack's one model (named after its directory, serving.md "Models")
+        self.stream = RedisKeys("test").jobs(model_dir.name)
 
     def start_api(self, uvicorn_workers: int = 1, **env: object) -> str:
         port = free_port()
@@ -200,7 +203,7 @@ class Stack:
         return process
 
     def pending_of(self, consumer: str) -> int:
-        summary = self.redis.client().xpending("test:jobs", "workers")
+        summary = self.redis.client().xpending(self.stream, "workers")
         for entry in summary.get("consumers") or []:
             if entry["name"] in (consumer, consumer.encode()):
                 return int(entry["pending"])

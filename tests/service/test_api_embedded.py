@@ -41,14 +41,15 @@ def test_upscale_returns_x4_image_with_headers_and_reference_bytes(fake_model: P
 def test_queue_wait_is_observed_once_per_job_in_embedded_mode(fake_model: Path) -> None:
     from service import metrics
 
-    before = metrics.QUEUE_WAIT.collect()[0]
+    waits = metrics.QUEUE_WAIT.labels(model=fake_model.name)
+    before = waits.collect()[0]
     count = next(s.value for s in before.samples if s.name.endswith("_count"))
     client, _, _ = embedded_client(fake_model)
     with client:
         wait_client_ready(client)
         assert _post(client, png_bytes(16, 16, seed=2), seed=1).status_code == 200
         assert _post(client, png_bytes(16, 16, seed=3), seed=1).status_code == 200
-    after = metrics.QUEUE_WAIT.collect()[0]
+    after = waits.collect()[0]
     assert next(s.value for s in after.samples if s.name.endswith("_count")) == count + 2
 
 
@@ -75,8 +76,9 @@ def test_concurrent_requests_batch_across_jobs_without_changing_results(fake_mod
 
     def multi_tile_batches() -> float:
         # formed batches (before fixed-batch padding) that held more than one tile
-        total = REGISTRY.get_sample_value("rsd_batch_size_tiles_count") or 0.0
-        return total - (REGISTRY.get_sample_value("rsd_batch_size_tiles_bucket", {"le": "1.0"}) or 0.0)
+        model = {"model": fake_model.name}
+        total = REGISTRY.get_sample_value("rsd_batch_size_tiles_count", model) or 0.0
+        return total - (REGISTRY.get_sample_value("rsd_batch_size_tiles_bucket", {"le": "1.0", **model}) or 0.0)
 
     before = multi_tile_batches()
     upscaler = FakeUpscaler(delay_s_per_tile=0.002)

@@ -121,11 +121,12 @@ def test_metrics_are_aggregated_over_two_uvicorn_processes(
         key = ("rsd_request_duration_seconds_count", (("route", "/upscale"), ("status", "200")))
         assert requests[key] == len(sent)
         assert requests[("rsd_request_duration_seconds_count", (("route", "/upscale"), ("status", "400")))] == 1
-        assert families["rsd_tiles"][("rsd_tiles_total", ())] == expected_tiles
+        model = (("model", fake_model.name),)  # the worker-side series carry the served model
+        assert families["rsd_tiles"][("rsd_tiles_total", model)] == expected_tiles
         assert families["rsd_requests_rejected"][("rsd_requests_rejected_total", (("reason", "undecodable"),))] == 1
         assert families["rsd_input_megapixels"][("rsd_input_megapixels_count", ())] == len(sent)
-        assert families["rsd_queue_wait_seconds"][("rsd_queue_wait_seconds_count", ())] == len(sent)
+        assert families["rsd_queue_wait_seconds"][("rsd_queue_wait_seconds_count", model)] == len(sent)
         batch_sizes = families["rsd_batch_size_tiles"]
-        assert batch_sizes[("rsd_batch_size_tiles_sum", ())] == expected_tiles
+        assert batch_sizes[("rsd_batch_size_tiles_sum", model)] == expected_tiles
         assert families["rsd_backlog_tiles"][("rsd_backlog_tiles", ())] == 0
         assert families["rsd_inflight_requests"][("rsd_inflight_requests", ())] == 0  # a scrape is not counted

@@ -81,10 +81,10 @@ def test_redis_progress_is_throttled_and_read_back(redis_server: RedisServer, fa
     async def scenario() -> None:
         api = RedisApiQueue(settings)
         await api.start()
-        params = JobParams(format="png", quality=90, seed=5, tile=32, overlap=8)
+        params = JobParams(format="png", quality=90, seed=5, tile=32, overlap=8, model="m")
         job = Job(new_job_id(), params, b"input", 10, time.time() + 30, 16, 16)
         await api.submit(job)
-        worker = RedisWorkerQueue(worker_settings(redis_server.url, instance="w", redis_prefix="prog"))
+        worker = RedisWorkerQueue(worker_settings(redis_server.url, instance="w", redis_prefix="prog"), "m")
         worker.prepare()
         (claimed,) = worker.claim(1, 0.5)
         worker.report_progress(job.id, 2, 10, 4.0)

@@ -26,13 +26,13 @@ def _settings(server: RedisServer, model: Path, **overrides: object) -> ServiceS
 
 
 def _job(cost: int = 2, deadline_s: float = 30.0, key: str | None = None, fingerprint: str = "fp") -> Job:
-    params = JobParams(format="png", quality=90, seed=5, tile=32, overlap=8)
+    params = JobParams(format="png", quality=90, seed=5, tile=32, overlap=8, model="m")
     deadline = time.time() + deadline_s
     return Job(new_job_id(), params, b"input", cost, deadline, 16, 16, idempotency_key=key, fingerprint=fingerprint)
 
 
 def _worker(server: RedisServer, name: str = "w1", lease_s: float = 30.0) -> RedisWorkerQueue:
-    worker = RedisWorkerQueue(worker_settings(server.url, instance=name, redis_prefix="unit", lease_s=lease_s))
+    worker = RedisWorkerQueue(worker_settings(server.url, instance=name, redis_prefix="unit", lease_s=lease_s), "m")
     worker.prepare()
     return worker
 
@@ -54,7 +54,7 @@ def test_duplicate_completion_is_a_noop(redis_server: RedisServer, fake_model: P
         record = await api.get(job.id)
         assert record is not None and record.status is JobStatus.DONE
         assert await api.backlog() == 0
-        assert redis_server.client().xpending("unit:jobs", "workers")["pending"] == 0
+        assert redis_server.client().xpending("unit:jobs:m", "workers")["pending"] == 0
         await api.aclose()
         worker.close()
 
@@ -137,7 +137,7 @@ def test_lease_refresh_keeps_a_job_and_never_steals_it_back(redis_server: RedisS
         (taken,) = reaper.claim(1, 0.0)
         assert taken.id == held.id and taken.attempt == 2
         slow.keepalive([held])  # the hung worker wakes up: it must not steal the job back
-        pending = redis_server.client().xpending_range("unit:jobs", "workers", "-", "+", 10)
+        pending = redis_server.client().xpending_range("unit:jobs:m", "workers", "-", "+", 10)
         assert [entry["consumer"] for entry in pending] == [b"reaper"]
         assert reaper.complete(taken, RESULT) is True and slow.complete(held, RESULT) is False
         await api.aclose()

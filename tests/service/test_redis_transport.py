@@ -125,7 +125,7 @@ def test_killed_worker_jobs_are_reclaimed_and_completed_once(
     ]
     assert sorted(notices) == sorted(job_ids)
     assert int(client.get("test:backlog")) == 0
-    assert client.xpending("test:jobs", "workers")["pending"] == 0
+    assert client.xpending(stack.stream, "workers")["pending"] == 0
 
 
 def test_deadline_in_queue_is_504_and_never_computed(

@@ -32,7 +32,7 @@ def _files(data: bytes) -> dict[str, tuple[str, bytes, str]]:
 
 
 def _job(result_bytes: int = 0) -> Job:
-    params = JobParams(format="png", quality=90, seed=5, tile=32, overlap=8)
+    params = JobParams(format="png", quality=90, seed=5, tile=32, overlap=8, model="m")
     return Job(new_job_id(), params, b"input", 1, time.time() + 30, 16, 16, result_bytes_bound=result_bytes)
 
 
@@ -102,7 +102,7 @@ def test_redis_store_cap_evicts_oldest_and_gives_410(redis_server: RedisServer, 
         api = RedisApiQueue(settings)
         await api.start()
         await api.sweep()  # publishes the cap (the timer does it too)
-        worker = RedisWorkerQueue(worker_settings(redis_server.url, instance="w", redis_prefix="ret"))
+        worker = RedisWorkerQueue(worker_settings(redis_server.url, instance="w", redis_prefix="ret"), "m")
         worker.prepare()
         jobs = [_job() for _ in range(3)]
         for job in jobs:

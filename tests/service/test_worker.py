@@ -24,7 +24,7 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def _job(data: bytes, seed: int, width: int, height: int, tile: int = 16) -> Job:
-    params = JobParams(format="png", quality=90, seed=seed, tile=tile, overlap=min(8, tile // 2))
+    params = JobParams(format="png", quality=90, seed=seed, tile=tile, overlap=min(8, tile // 2), model="m")
     return Job(
         new_job_id(), params, data, tile_count(height, width, tile, params.overlap, 16), time.time() + 30, width, height
     )
@@ -114,12 +114,12 @@ def test_a_slow_encode_does_not_delay_the_next_batch(
     encode_window: list[float] = []
     real_encode = service.worker.encode_image
 
-    def encode(sr_rgb, source, fmt, quality):  # type: ignore[no-untyped-def]
+    def encode(sr_rgb, source, fmt, quality, outscale=None):  # type: ignore[no-untyped-def]
         if source.width == 16:  # job A
             encode_window.append(time.monotonic())
             time.sleep(1.0)
             encode_window.append(time.monotonic())
-        return real_encode(sr_rgb, source, fmt, quality)
+        return real_encode(sr_rgb, source, fmt, quality, outscale=outscale)
 
     monkeypatch.setattr(service.worker, "encode_image", encode)
     run_times: list[float] = []
