@@ -3,6 +3,9 @@
 FakeUpscaler is deterministic per tile (pixels + seed), like the real graph (architecture.md
 invariant 2): upsampled pixels plus noise drawn from the tile's seed. So a batch made of any tiles gives
 the same rows, and any change in how the service tiles, seeds, blends or encodes shows in the bytes.
+
+fcfs_next_batch is the batching policy the fair one replaced (first come, first served by tile), for
+tests that show what fairness changes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from rsd.imagefile import encode_image, read_image
 from rsd.noise import draw_noise_batch, tile_seed
 from rsd.pipeline import upscale_array
 from rsd.spec import ModelSpec, write_spec
+from service.batching import BatchDecision, BatchSlice, PendingTiles, next_batch
 
 FAKE_SPEC = ModelSpec(
     name="fake",
@@ -98,6 +102,31 @@ class FakeUpscaler:
 
     def close(self) -> None:
         self.closed = True
+
+
+def fcfs_next_batch(
+    pending: Sequence[PendingTiles],
+    max_batch_tiles: int,
+    max_batch_delay_s: float,
+    now: float,
+    rotation: Sequence[str] = (),
+) -> BatchDecision:
+    """First come, first served: the batch of the tile size next_batch picks, filled oldest job first.
+
+    So a job's tiles wait until every older job of its size has had all of its own batched.
+    """
+    decision = next_batch(pending, max_batch_tiles, max_batch_delay_s, now)
+    if not decision.take:
+        return decision
+    tile = next(p.tile for p in pending if p.job_id == decision.take[0].job_id)
+    take: list[BatchSlice] = []
+    room = max_batch_tiles
+    for p in sorted((p for p in pending if p.tile == tile and p.remaining > 0), key=lambda p: p.ready_at):
+        n = min(room, p.remaining)
+        if n > 0:
+            take.append(BatchSlice(p.job_id, p.start, p.start + n))
+            room -= n
+    return BatchDecision(take=tuple(take), wait_s=0.0)
 
 
 def reference_bytes(data: bytes, seed: int, fmt: str = "png", quality: int = 90, tile: int | None = None) -> bytes:
