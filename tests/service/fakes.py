@@ -105,22 +105,19 @@ class FakeUpscaler:
 
 
 def fcfs_next_batch(
-    pending: Sequence[PendingTiles],
-    max_batch_tiles: int,
-    max_batch_delay_s: float,
-    now: float,
-    rotation: Sequence[str] = (),
+    pending: Sequence[PendingTiles], cap: int, delay_s: float, now: float, rotation: Sequence[str] = ()
 ) -> BatchDecision:
     """First come, first served: the batch of the tile size next_batch picks, filled oldest job first.
 
-    So a job's tiles wait until every older job of its size has had all of its own batched.
+    So a job's tiles wait until every older job of its size has had all of its own batched. `rotation`
+    is ignored: the order is arrival alone.
     """
-    decision = next_batch(pending, max_batch_tiles, max_batch_delay_s, now)
+    decision = next_batch(pending, cap, delay_s, now)
     if not decision.take:
         return decision
     tile = next(p.tile for p in pending if p.job_id == decision.take[0].job_id)
     take: list[BatchSlice] = []
-    room = max_batch_tiles
+    room = cap
     for p in sorted((p for p in pending if p.tile == tile and p.remaining > 0), key=lambda p: p.ready_at):
         n = min(room, p.remaining)
         if n > 0:
