@@ -13,6 +13,29 @@ let originalUrl = null;
 
 $("apikey").value = localStorage.getItem("rsd-api-key") || "";
 
+function apiHeaders() {
+  const key = $("apikey").value.trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
+// the model picker: GET /models, the server's default first (serving.md "Models")
+async function loadModels() {
+  const response = await fetch("/models", { headers: apiHeaders() });
+  if (!response.ok) return; // e.g. the API key is not entered yet: the server's default model is used
+  const select = $("model");
+  select.replaceChildren();
+  for (const model of await response.json()) {
+    const option = document.createElement("option");
+    option.value = model.name;
+    const steps = model.steps === 1 ? "one step" : `${model.steps} steps`;
+    option.textContent = `${model.name} (${model.family}, ${steps})`;
+    option.selected = model.default;
+    select.append(option);
+  }
+}
+loadModels();
+$("apikey").addEventListener("change", loadModels);
+
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = !message;
@@ -52,10 +75,11 @@ async function upscale() {
   body.append("image", chosen);
   const params = new URLSearchParams({ format: $("format").value });
   if ($("seed").value !== "") params.set("seed", $("seed").value);
-  const headers = {};
-  const key = $("apikey").value.trim();
-  localStorage.setItem("rsd-api-key", key);
-  if (key) headers["X-API-Key"] = key;
+  if ($("model").value) params.set("model", $("model").value);
+  // 4 is the model's own scale: sent only when smaller (the server resizes the x4 result)
+  if ($("outscale").value !== "" && Number($("outscale").value) < 4) params.set("outscale", $("outscale").value);
+  localStorage.setItem("rsd-api-key", $("apikey").value.trim());
+  const headers = apiHeaders();
   $("go").disabled = true;
   $("status").textContent = "Upscaling…";
   $("progress").hidden = true;
@@ -167,7 +191,8 @@ async function showResult(response, blob, elapsedMs) {
   const ext = { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" }[blob.type] || "png";
   const stem = (chosen.name || "image").replace(/\.[^.]+$/, "");
   $("download").href = resultUrl;
-  $("download").download = `${stem}_x4.${ext}`;
+  const scale = Number($("outscale").value) < 4 ? $("outscale").value : "4";
+  $("download").download = `${stem}_x${scale}.${ext}`;
   const seed = response.headers.get("X-Seed");
   const timing = response.headers.get("Server-Timing") || "";
   $("details").textContent = `seed ${seed} · ${Math.round(elapsedMs)} ms · ${timing}`;

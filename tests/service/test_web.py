@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from service.api import create_app
-from service.embedded import WorkerThread
+from service.embedded import WorkerThread, WorkerThreads
 from service.queue.inprocess import InProcessQueue
 from service.settings import ServiceSettings
-from tests.service.conftest import ThreadedServer
-from tests.service.fakes import FakeUpscaler, png_bytes
+from tests.service.conftest import ThreadedServer, wait_ready
+from tests.service.fakes import FakeUpscaler, png_bytes, write_fake_model
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -98,3 +98,38 @@ def test_page_shows_a_progress_bar_that_advances_for_a_large_image(fake_model: P
     total = seen[-1][1]
     assert visible and total > 10 and values == sorted(values) and values[-1] == total
     assert len({v for v in values if 0 < v < total}) >= 2  # it advanced in between, not only at the end
+
+
+def test_page_picks_the_model_and_the_output_scale(tmp_path: Path) -> None:
+    one, two = write_fake_model(tmp_path / "one"), write_fake_model(tmp_path / "two")
+    settings = ServiceSettings(models=f"one={one},two={two}", redis_url=None)  # type: ignore[call-arg]
+    queue = InProcessQueue(settings.max_backlog_tiles, settings.assumed_tiles_per_s, models=("one", "two"))
+    upscalers = {"one": FakeUpscaler(), "two": FakeUpscaler()}
+    threads = [
+        WorkerThread(lambda up=up: up, queue.for_model(name), settings, name)  # type: ignore[misc]
+        for name, up in upscalers.items()
+    ]
+    source = tmp_path / "photo.png"
+    source.write_bytes(png_bytes(30, 20, seed=8))
+    app = create_app(settings, queue, WorkerThreads(threads))
+    with ThreadedServer(app) as server, playwright_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            wait_ready(server.url)  # both models warmed up: every later batch is the page's
+            page = browser.new_page(accept_downloads=True)
+            page.goto(server.url + "/")
+            page.wait_for_function("document.getElementById('model').options.length === 2", timeout=30_000)
+            assert page.eval_on_selector("#model", "s => [...s.options].map(o => o.value)") == ["one", "two"]
+            assert page.eval_on_selector("#model", "s => s.value") == "one"  # the server's default
+            calls = {name: len(up.batch_sizes) for name, up in upscalers.items()}
+            page.select_option("#model", "two")
+            page.fill("#outscale", "2.5")
+            page.set_input_files("#file", str(source))
+            page.wait_for_function("document.getElementById('result').naturalWidth > 0", timeout=30_000)
+            assert page.text_content("#after-size") == "75×50"  # floor(30 x 2.5) x floor(20 x 2.5)
+            with page.expect_download() as download_info:
+                page.click("#download")
+            assert download_info.value.suggested_filename == "photo_x2.5.png"
+        finally:
+            browser.close()
+    assert len(upscalers["two"].batch_sizes) > calls["two"] and len(upscalers["one"].batch_sizes) == calls["one"]
