@@ -77,14 +77,15 @@ def test_store_cap_evicts_the_oldest_job_result_with_410(fake_model: Path) -> No
 
 def test_results_expire_on_a_timer_without_further_requests() -> None:
     async def scenario() -> None:
-        queue = InProcessQueue(64, 10.0, result_ttl_s=0.3, sweep_interval_s=0.05)
+        # the record outlives its result by another TTL: 1 s leaves a loaded machine room to look between
+        queue = InProcessQueue(64, 10.0, result_ttl_s=1.0, sweep_interval_s=0.05)
         await queue.start()
         job = _job()
         await queue.submit(job)
         (claimed,) = queue.claim(1, 0.1)
         assert queue.complete(claimed, JobResult(b"x" * 1000, "image/png", 4, 4, 0, 0, 0))
         assert queue.stored_bytes == 1000
-        await asyncio.sleep(0.6)  # no request in between: only the timer can expire it
+        await asyncio.sleep(1.2)  # no request in between: only the timer can expire it
         assert queue.stored_bytes == 0
         with pytest.raises(ResultGone, match="RSD_RESULT_TTL_S"):
             await queue.result(job.id)
