@@ -135,8 +135,10 @@ def test_a_redis_worker_claims_only_its_models_jobs(
     base = stack.start_api()
     data = png_bytes(24, 24, seed=4)
     with httpx.Client(base_url=base, timeout=30) as client:
-        ready = client.get("/readyz")
-        assert ready.status_code == 503 and "two" in ready.json()["reason"]  # no worker for model two yet
+        deadline = time.monotonic() + 30
+        while "two" not in (ready := client.get("/readyz")).json()["reason"] and time.monotonic() < deadline:
+            time.sleep(0.1)  # until w-one is warm: then only model two lacks a worker
+        assert ready.status_code == 503 and "no worker is ready for model two" in ready.json()["reason"]
         waiting = client.post(
             "/jobs", files={"image": ("x.png", data, "image/png")}, params={"model": "two", "seed": 5}
         )
