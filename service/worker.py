@@ -23,6 +23,9 @@ Batching never changes a result: a tile's output depends only on its pixels and 
 batch of rsd.pipeline.run_tiles). Out of memory (or any error in a batch): the batch is split in
 halves and retried, so a bad tile fails its own job only; after an out-of-memory the batch cap stays
 halved. Stop (SIGTERM): the claimer stops, the jobs in hand finish, run() returns.
+
+Over 400 lines on purpose: the stages share the scheduler's state and its one-owner rule, which is
+easier to check in one file than across several (the pure parts, batching and tiling, live elsewhere).
 """
 
 from __future__ import annotations

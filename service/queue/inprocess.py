@@ -14,6 +14,9 @@ Result retention (serving.md "Result retention"): a delivered synchronous result
 oldest first. A sweep on a timer (`sweep_interval_s`, started in `start`) expires them, not only the
 next request. Records outlive their results (a fetch then says why the result is gone): for
 `result_ttl_s` more, or `DELIVERED_RECORD_S` after a delivery.
+
+About 400 lines: both sides of the queue contract (ApiQueue and WorkerQueue) over one lock-guarded
+state, which has to stay in one place to stay consistent.
 """
 
 from __future__ import annotations

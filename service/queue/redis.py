@@ -5,6 +5,9 @@ Idempotency-Key), then waits for a notice on its own reply stream `{prefix}:repl
 reads the result from the job hash (the truth; notices are only wake-ups, so a lost one costs at most
 one poll interval). Every Redis failure becomes `QueueUnavailable` with the reason: the API answers 503
 at once instead of hanging, and redis-py reconnects by itself when the server is back.
+
+About 400 lines: one class is the API side of the transport, every method a step of the ApiQueue
+contract; the Lua scripts and key names are already their own modules (scripts, keys).
 """
 
 from __future__ import annotations
