@@ -3,7 +3,7 @@
 The API process imports no torch and no model code (import-linter contract): it validates uploads
 with rsd.imagefile, prices them in tiles with rsd.imageops, and hands them to a queue. With
 `REDIS_URL` set it talks to Redis Streams; the embedded mode (`rsd serve` without Redis) passes an
-in-process queue and a worker thread in. Both are composed in `service.main`.
+in-process queue and its worker threads in. Both are composed in `service.main`.
 
 Routes live on the module-level `router`; `create_app` includes it and puts the per-app state
 (settings, the served models, queue) on `app.state`, where the dependencies find it. The request parameters

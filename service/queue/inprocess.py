@@ -1,6 +1,6 @@
 """In-process transport: the embedded default (`rsd serve` with no REDIS_URL), serving.md "Queue".
 
-The API coroutines and one worker thread share this object. It mirrors the Redis transport where it
+The API coroutines and the worker threads (one per model) share this object. It mirrors the Redis transport where it
 matters to clients: admission in tiles with Retry-After, Idempotency-Key, a job dropped (expired)
 before compute when its deadline has passed, exactly one terminal status per job. There are no
 leases: a thread cannot die without the process.
