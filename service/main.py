@@ -41,6 +41,7 @@ def inprocess_queue(settings: ServiceSettings) -> InProcessQueue:
         heartbeat_timeout_s=max(10.0, 5 * settings.worker_heartbeat_s),
         result_store_bytes=settings.result_store_bytes,
         sweep_interval_s=settings.result_sweep_s,
+        heap_trim=settings.heap_trim,
         models=tuple(settings.model_dirs),
     )
 

@@ -111,6 +111,9 @@ class ServiceSettings(BaseSettings):
     result_store_mb: float = Field(default=256.0, gt=0)
     #: how often expired results are swept (a timer: memory is returned without further traffic)
     result_sweep_s: float = Field(default=5.0, gt=0)
+    #: embedded mode: after each sweep, hand malloc's free memory back to the OS (glibc malloc_trim,
+    #: service.heap); without it the RSS creeps up under steady traffic while the live heap stays flat
+    heap_trim: bool = True
     #: Redis mode: admission answers 503 once used_memory plus the job's bytes would pass this
     #: fraction of Redis maxmemory (when maxmemory is set)
     redis_memory_high_water: float = Field(default=0.9, gt=0, le=1)

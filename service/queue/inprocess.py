@@ -12,7 +12,8 @@ construction has a ready worker. Called directly (no view), the worker methods s
 Result retention (serving.md "Result retention"): a delivered synchronous result is released at once
 (`release`); the others are kept `result_ttl_s` or until the stored bytes pass `result_store_bytes`,
 oldest first. A sweep on a timer (`sweep_interval_s`, started in `start`) expires them, not only the
-next request. Records outlive their results (a fetch then says why the result is gone): for
+next request, and then returns malloc's free memory to the OS (`heap_trim`, service.heap). Records
+outlive their results (a fetch then says why the result is gone): for
 `result_ttl_s` more, or `DELIVERED_RECORD_S` after a delivery.
 
 About 400 lines: both sides of the queue contract (ApiQueue and WorkerQueue) over one lock-guarded
@@ -29,7 +30,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from service import metrics
+from service import heap, metrics
 from service.jobs import ClaimedJob, Job, JobRecord, JobResult, JobStatus
 from service.queue import base
 from service.queue.base import ApiQueue, Health, Submitted, WorkerQueue, admission
@@ -86,11 +87,13 @@ class InProcessQueue(ApiQueue, WorkerQueue):
         result_store_bytes: int = 256 * 2**20,
         sweep_interval_s: float = 5.0,
         models: Sequence[str] = (),
+        heap_trim: bool = True,
     ) -> None:
         self._models = tuple(models)
         self._limit = max_backlog_tiles
         self._store_cap = result_store_bytes
         self._sweep_interval_s = sweep_interval_s
+        self._heap_trim = heap_trim
         #: job id -> result size of every stored result, oldest first (eviction order)
         self._stored: OrderedDict[str, int] = OrderedDict()
         self._stored_bytes = 0
@@ -125,6 +128,8 @@ class InProcessQueue(ApiQueue, WorkerQueue):
             await asyncio.sleep(self._sweep_interval_s)
             with self._cond:
                 self._sweep(time.time())
+            if self._heap_trim:  # the freed results, uploads and buffers back to the OS (service.heap)
+                heap.trim()
 
     @property
     def stored_bytes(self) -> int:
