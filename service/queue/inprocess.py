@@ -128,8 +128,8 @@ class InProcessQueue(ApiQueue, WorkerQueue):
             await asyncio.sleep(self._sweep_interval_s)
             with self._cond:
                 self._sweep(time.time())
-            if self._heap_trim:  # the freed results, uploads and buffers back to the OS (service.heap)
-                heap.trim()
+            if self._heap_trim:  # freed results and buffers back to the OS (service.heap); off the event
+                await asyncio.to_thread(heap.trim)  # loop: a trim of a large heap takes milliseconds
 
     @property
     def stored_bytes(self) -> int:
