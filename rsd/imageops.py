@@ -8,7 +8,7 @@ reference rule (method.md 5.2), and the x`scale` outputs are blended back with e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +19,8 @@ from rsd.kinds import check_positive_int
 BlendMode = Literal["smooth", "uniform"]
 #: elements per band of to_uint8 (~1 MB of float32: cache-sized, few Python-level steps)
 _BAND_ELEMENTS = 1 << 18
+#: float32 elements per band of the blend canvas (4 MB: a few tile rows' worth of Python-level steps)
+_BLEND_BAND_ELEMENTS = 1 << 20
 
 
 def to_model_range(rgb: np.ndarray) -> np.ndarray:
@@ -39,25 +41,30 @@ def to_uint8(chw: np.ndarray) -> np.ndarray:
         raise ValueError(f"chw must be (3, H, W) float, got {chw.shape} {chw.dtype}")
     height, width = chw.shape[1:]
     out = np.empty((height, width, 3), dtype=np.uint8)
-    # Row bands with in-place steps: the same element-wise float32 operations in the same order as on
-    # the whole array (so the same bytes), without five full-size temporaries (serving.md "Worker loop").
     band = max(1, _BAND_ELEMENTS // max(1, 3 * width))
-    bad = 0
-    for top in range(0, height, band):
-        x = chw[:, top : top + band].astype(np.float32)
-        finite = np.isfinite(x)
-        bad += x.size - int(np.count_nonzero(finite))
-        if bad:
-            continue
-        np.clip(x, -1.0, 1.0, out=x)
-        x *= np.float32(0.5)
-        x += np.float32(0.5)
-        x *= np.float32(255.0)
-        np.round(x, out=x)
-        out[top : top + band] = x.transpose(1, 2, 0)
+    bad = sum(_quantise(chw[:, top : top + band], out[top : top + band]) for top in range(0, height, band))
     if bad:
         raise ValueError(f"chw has {bad} non-finite values (NaN or inf)")
     return out
+
+
+def _quantise(chw: np.ndarray, out: np.ndarray) -> int:
+    """Writes the uint8 of a (3, h, w) float band into `out` (h, w, 3); returns its non-finite count.
+
+    In-place steps on a cache-sized band: the same element-wise float32 operations in the same order as
+    on the whole array (so the same bytes), without five full-size temporaries (serving.md "Worker loop").
+    """
+    x = chw.astype(np.float32)
+    bad = x.size - int(np.count_nonzero(np.isfinite(x)))
+    if bad:
+        return bad
+    np.clip(x, -1.0, 1.0, out=x)
+    x *= np.float32(0.5)
+    x += np.float32(0.5)
+    x *= np.float32(255.0)
+    np.round(x, out=x)
+    out[...] = x.transpose(1, 2, 0)
+    return 0
 
 
 def pad_to(chw: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -220,33 +227,82 @@ def tile_weights(grid: TileGrid, scale: int, mode: BlendMode = "smooth") -> np.n
     return np.stack([weight(y, x) for y, x in grid.positions])
 
 
-def blend_tiles(sr_tiles: np.ndarray, grid: TileGrid, scale: int, mode: BlendMode = "smooth") -> np.ndarray:
-    """sr_tiles: (N, 3, scale*tile, scale*tile) float in [-1, 1] -> (3, scale*H, scale*W) float32.
-
-    Weighted sum over the padded canvas divided by the weight sum, cropped to the original size times
-    scale. "smooth" feathers overlaps (an improvement over the reference); "uniform" is the reference's
-    average, kept for parity runs (method.md 5.2). A lone tile comes back unchanged in both modes.
-    The result may be a view into a larger canvas.
-    """
+def _check_tiles(sr_tiles: Sequence[np.ndarray], grid: TileGrid, scale: int) -> None:
     check_positive_int("scale", scale)
     size = grid.tile * scale
     expected = (len(grid.positions), 3, size, size)
-    if sr_tiles.shape != expected:
-        raise ValueError(f"sr_tiles shape {sr_tiles.shape} != {expected} for this grid at x{scale}")
+    shapes = {tuple(tile.shape) for tile in sr_tiles}
+    if len(sr_tiles) != len(grid.positions) or shapes != {expected[1:]}:
+        got = (len(sr_tiles), *shapes.pop()) if len(shapes) == 1 else f"{len(sr_tiles)} tiles of {sorted(shapes)}"
+        raise ValueError(f"sr_tiles shape {got} != {expected} for this grid at x{scale}")
+
+
+def _blended_bands(
+    sr_tiles: Sequence[np.ndarray], grid: TileGrid, scale: int, mode: BlendMode
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(top, band) from top to bottom: band is (3, rows, scale*W) float32 of the blended image.
+
+    Weighted sum over the padded canvas divided by the weight sum, one band of output rows at a time:
+    each pixel gets the same float32 operations in the same order (tiles in grid order, from zero) as
+    on a whole canvas, so the same values, without a full-size float canvas (12 bytes per output pixel)
+    that every large result would fault in afresh (serving.md "Worker loop").
+    """
+    _check_tiles(sr_tiles, grid, scale)
     weight = _weight_table(grid, scale, mode)
-    height, width = grid.padded_hw[0] * scale, grid.padded_hw[1] * scale
-    canvas = np.zeros((3, height, width), dtype=np.float32)
-    total = np.zeros((height, width), dtype=np.float32)
-    # One product buffer reused for every tile: the same arithmetic as `canvas += tile * weight`
-    # (the buffer has that product's dtype), without a fresh temporary per tile.
-    product = np.empty((3, size, size), dtype=np.result_type(sr_tiles.dtype, np.float32))
-    for (y, x), tile in zip(grid.positions, sr_tiles, strict=True):
-        rows, cols = slice(y * scale, y * scale + size), slice(x * scale, x * scale + size)
-        w = weight(y, x)
-        np.multiply(tile, w, out=product)
-        canvas[:, rows, cols] += product
-        total[rows, cols] += w
+    size = grid.tile * scale
     out_h, out_w = grid.image_hw[0] * scale, grid.image_hw[1] * scale
-    image = canvas[:, :out_h, :out_w]
-    np.divide(image, total[:out_h, :out_w], out=image)
-    return image
+    width = grid.padded_hw[1] * scale
+    rows = max(1, min(size, _BLEND_BAND_ELEMENTS // (3 * width)))
+    tile_rows: dict[int, list[tuple[int, np.ndarray]]] = {}  # y -> its tiles, x increasing (grid order)
+    for (y, x), tile in zip(grid.positions, sr_tiles, strict=True):
+        tile_rows.setdefault(y, []).append((x, tile))
+    canvas = np.empty((3, rows, width), dtype=np.float32)
+    total = np.empty((rows, width), dtype=np.float32)
+    # One product buffer reused for every slice: the same arithmetic as `canvas += tile * weight`
+    # (the buffer has that product's dtype), without a fresh temporary per tile.
+    product = np.empty((3, rows, size), dtype=np.result_type(sr_tiles[0].dtype, np.float32))
+    for top in range(0, out_h, rows):
+        bottom = min(top + rows, out_h)
+        canvas.fill(0)
+        total.fill(0)
+        for y, row in tile_rows.items():
+            lo, hi = max(top, y * scale), min(bottom, y * scale + size)
+            if lo >= hi:
+                continue
+            band, part = slice(lo - top, hi - top), slice(lo - y * scale, hi - y * scale)
+            for x, tile in row:
+                cols = slice(x * scale, x * scale + size)
+                w = weight(y, x)[part]
+                np.multiply(tile[:, part], w, out=product[:, : hi - lo])
+                canvas[:, band, cols] += product[:, : hi - lo]
+                total[band, cols] += w
+        n = bottom - top
+        image = canvas[:, :n, :out_w]
+        np.divide(image, total[:n, :out_w], out=image)
+        yield top, image
+
+
+def blend_tiles(sr_tiles: Sequence[np.ndarray], grid: TileGrid, scale: int, mode: BlendMode = "smooth") -> np.ndarray:
+    """sr_tiles: N tiles (3, scale*tile, scale*tile) float in [-1, 1] -> (3, scale*H, scale*W) float32.
+
+    "smooth" feathers overlaps (an improvement over the reference); "uniform" is the reference's
+    average, kept for parity runs (method.md 5.2). A lone tile comes back unchanged in both modes.
+    """
+    out = np.empty((3, grid.image_hw[0] * scale, grid.image_hw[1] * scale), dtype=np.float32)
+    for top, band in _blended_bands(sr_tiles, grid, scale, mode):
+        out[:, top : top + band.shape[1]] = band
+    return out
+
+
+def blend_to_uint8(
+    sr_tiles: Sequence[np.ndarray], grid: TileGrid, scale: int, mode: BlendMode = "smooth"
+) -> np.ndarray:
+    """`to_uint8(blend_tiles(...))`, the same bytes, band by band: the only full-size array is the
+    (scale*H, scale*W, 3) uint8 result."""
+    out = np.empty((grid.image_hw[0] * scale, grid.image_hw[1] * scale, 3), dtype=np.uint8)
+    bad = 0
+    for top, band in _blended_bands(sr_tiles, grid, scale, mode):
+        bad += _quantise(band, out[top : top + band.shape[1]])
+    if bad:
+        raise ValueError(f"chw has {bad} non-finite values (NaN or inf)")
+    return out

@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 
 from rsd.backends.base import TileRunner  # what the pipeline calls of a backend
-from rsd.imageops import TileGrid, blend_tiles, plan_tiles, split_tiles, to_model_range, to_uint8
+from rsd.imageops import TileGrid, blend_to_uint8, plan_tiles, split_tiles, to_model_range
 from rsd.kinds import check_positive_int
 from rsd.noise import tile_seed
 from rsd.spec import ModelSpec
@@ -43,11 +43,14 @@ def prepare_image(rgb: np.ndarray, seed: int, tile: int, overlap: int, multiple:
     return PreparedImage(tiles, [tile_seed(seed, i) for i in range(len(tiles))], grid)
 
 
-def finish_image(sr_tiles: np.ndarray, prepared: PreparedImage, scale: int = 4, blend: Blend = "smooth") -> np.ndarray:
-    """sr_tiles: (N, 3, s*t, s*t) in [-1, 1] -> (s*H, s*W, 3) uint8 (cropped to the original size)."""
+def finish_image(
+    sr_tiles: Sequence[np.ndarray], prepared: PreparedImage, scale: int = 4, blend: Blend = "smooth"
+) -> np.ndarray:
+    """sr_tiles: N tiles (3, s*t, s*t) in [-1, 1] (an array or a list: no need to stack them) ->
+    (s*H, s*W, 3) uint8 (cropped to the original size)."""
     if len(sr_tiles) != len(prepared.seeds):
         raise ValueError(f"got {len(sr_tiles)} upscaled tiles for {len(prepared.seeds)} input tiles")
-    return to_uint8(blend_tiles(sr_tiles, prepared.grid, scale, mode=blend))
+    return blend_to_uint8(sr_tiles, prepared.grid, scale, mode=blend)
 
 
 def run_tiles(upscaler: TileRunner, tiles: np.ndarray, seeds: Sequence[int], batch: int) -> np.ndarray:
@@ -108,4 +111,4 @@ def upscale_array(
         outputs.append(run_tiles(upscaler, prepared.tiles[start:stop], prepared.seeds[start:stop], batch_size))
         if progress is not None:
             progress(len(prepared.seeds[start:stop]))
-    return finish_image(np.concatenate(outputs), prepared, spec.scale, blend)
+    return finish_image([tile for batch in outputs for tile in batch], prepared, spec.scale, blend)

@@ -407,7 +407,7 @@ class Worker:
     def _finish(self, active: _Active) -> None:
         job = active.job
         try:
-            sr_rgb = finish_image(np.stack(active.outputs), active.prepared, self.upscaler.spec.scale)  # type: ignore[arg-type]
+            sr_rgb = finish_image(active.outputs, active.prepared, self.upscaler.spec.scale)  # type: ignore[arg-type]
             started = time.perf_counter()
             params = job.params
             data = encode_image(sr_rgb, active.decoded, params.format, params.quality, outscale=params.outscale)

@@ -9,8 +9,10 @@ import sys
 import numpy as np
 import pytest
 
+from rsd import imageops
 from rsd.imageops import (
     blend_tiles,
+    blend_to_uint8,
     pad_to,
     plan_tiles,
     split_tiles,
@@ -195,8 +197,13 @@ def test_light_modules_do_not_import_torch() -> None:
 
 @pytest.mark.parametrize("mode", ["smooth", "uniform"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_blend_and_to_uint8_equal_the_plain_formula_bit_for_bit(mode: str, dtype: type) -> None:
-    """The buffered blend and the banded to_uint8 give the bytes of the whole-array formula."""
+@pytest.mark.parametrize("band_elements", [1 << 20, 3 * 192 * 5])  # bands of 128 rows (one tile), of 5 rows
+def test_blend_and_to_uint8_equal_the_plain_formula_bit_for_bit(
+    mode: str, dtype: type, band_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The banded blend and the banded to_uint8 give the bytes of the whole-array formula, whether the
+    bands cut the tiles or not, from a stacked array or a list of tiles."""
+    monkeypatch.setattr(imageops, "_BLEND_BAND_ELEMENTS", band_elements)
     grid = plan_tiles(70, 45, 32, 8, 16)
     rng = np.random.default_rng(3)
     sr = rng.uniform(-1.3, 1.3, (len(grid.positions), 3, 128, 128)).astype(dtype)
@@ -211,3 +218,14 @@ def test_blend_and_to_uint8_equal_the_plain_formula_bit_for_bit(mode: str, dtype
     blended = blend_tiles(sr, grid, 4, mode)  # type: ignore[arg-type]
     assert np.array_equal(blended, plain)
     assert np.array_equal(to_uint8(blended), expected.astype(np.uint8).transpose(1, 2, 0))
+    assert np.array_equal(blend_to_uint8(list(sr), grid, 4, mode), expected.astype(np.uint8).transpose(1, 2, 0))  # type: ignore[arg-type]
+
+
+def test_blend_to_uint8_refuses_non_finite_tiles() -> None:
+    grid = plan_tiles(20, 20, 16, 4, 4)
+    tiles = [np.zeros((3, 64, 64), np.float32) for _ in grid.positions]
+    tiles[-1][1, 5, 7] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        blend_to_uint8(tiles, grid, SCALE)
+    with pytest.raises(ValueError, match="sr_tiles shape"):
+        blend_to_uint8([*tiles[:-1], np.zeros((3, 64, 60), np.float32)], grid, SCALE)
