@@ -4,8 +4,12 @@ Written against the TensorRT 10 Python API: `trt.Builder`, `create_network(0)` (
 only mode), `trt.OnnxParser.parse_from_file`, `IBuilderConfig.set_memory_pool_limit(WORKSPACE, ...)`,
 one optimisation profile over the batch (`create_optimization_profile` / `set_shape` per input,
 `add_optimization_profile`), an on-disk timing cache (`create_timing_cache` / `set_timing_cache`, saved
-after the build), `BuilderFlag.FP16` / `BuilderFlag.BF16`, `build_serialized_network`. TensorRT is
-imported inside `build_engine` only; everything else here is testable without it.
+after the build), `BuilderFlag.FP16` / `BuilderFlag.BF16`, `build_serialized_network` (None on failure).
+TensorRT is imported inside `build_engine` only; everything else here is testable without it.
+
+The precision flags only allow reduced precision inside the network: its inputs and outputs keep the
+ONNX file's types (float32 from `rsd export onnx`), which the backend reads from the engine. The build
+runs on the current CUDA device, which `runtime_info` makes `--device` before the builder exists.
 
 The engine is written beside the ONNX file (`tile64.fp16.plan`) with its metadata (`tile64.fp16.plan.json`:
 TensorRT version, GPU name, compute capability, tile, schedule hash, batch profile). Engines are specific
@@ -30,7 +34,7 @@ from rsd.backends.exported import (
     engine_file_name,
     write_engine_meta,
 )
-from rsd.backends.tensorrt_backend import import_tensorrt, runtime_info
+from rsd.backends.tensorrt_backend import import_tensorrt, runtime_info, trt_logger
 from rsd.kinds import DType
 
 Precision = DType  # the engine precisions are the backends' dtypes
@@ -111,7 +115,7 @@ def engine_path(build: EngineBuild, facts: OnnxFacts) -> Path:
     )
 
 
-def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> Any:
+def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any]:
     network = builder.create_network(0)  # TensorRT 10: explicit batch is implied
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -124,26 +128,43 @@ def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> Any:
 def _configure(trt: Any, builder: Any, build: EngineBuild, facts: OnnxFacts) -> tuple[Any, Any]:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, build.workspace_bytes)
-    if build.fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if build.bf16:
-        config.set_flag(trt.BuilderFlag.BF16)
+    for precision in build.precision:
+        if precision != "fp32":
+            config.set_flag(builder_flag(trt, precision))
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in profile_shapes(facts, build.batch).items():
         profile.set_shape(name, low, opt, high)
     config.add_optimization_profile(profile)
     cached = build.timing_cache.read_bytes() if build.timing_cache and build.timing_cache.is_file() else b""
     cache = config.create_timing_cache(cached)
-    config.set_timing_cache(cache, False)
+    if cache is None:
+        raise RuntimeError(f"TensorRT could not read the timing cache {build.timing_cache}; delete it")
+    # ignore_mismatch=False: a cache from another GPU or TensorRT version is refused (False), not used
+    if config.set_timing_cache(cache, False) is False:
+        raise RuntimeError(
+            f"the timing cache {build.timing_cache} was made on another GPU or TensorRT version; "
+            "delete it or name another --timing-cache"
+        )
     return config, cache
+
+
+def builder_flag(trt: Any, precision: str) -> Any:
+    """`trt.BuilderFlag.FP16` / `BF16` for "fp16" / "bf16", or an error naming the flag and the version."""
+    flag = getattr(trt.BuilderFlag, precision.upper(), None)
+    if flag is None:
+        raise RuntimeError(
+            f"TensorRT {getattr(trt, '__version__', '?')} has no BuilderFlag.{precision.upper()}, so it "
+            f"cannot build {precision} engines; install a TensorRT that has it, or leave out --{precision}"
+        )
+    return flag
 
 
 def build_engine(build: EngineBuild) -> tuple[Path, EngineMeta]:
     """Build and write the engine and its metadata JSON. Needs TensorRT and a CUDA GPU."""
     facts = read_onnx_facts(build.onnx)
     trt = import_tensorrt()
-    runtime = runtime_info(trt, build.device)
-    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = runtime_info(trt, build.device)  # also makes build.device current: the builder works there
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network, _parser = _parse(trt, builder, logger, build.onnx)
     config, cache = _configure(trt, builder, build, facts)
