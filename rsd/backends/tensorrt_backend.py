@@ -11,8 +11,8 @@ One run, all on one CUDA stream (its context's own, not the legacy default strea
 synchronise around): pinned host -> device copies, the engine, device -> pinned host copies, one
 synchronise, and only then are the host buffers read. The I/O dtypes are the engine's (an fp16 or bf16
 engine built from `rsd export onnx` output keeps float32 inputs and outputs, README "Export"), never
-assumed. Device and pinned host memory come from torch (`TorchCuda`), so no pycuda / cuda-python is
-needed, and torch's caching allocator owns every buffer.
+assumed. Device and pinned host memory come from torch (`rsd.backends.cuda_ops.TorchCuda`), so no
+pycuda / cuda-python is needed, and torch's caching allocator owns every buffer.
 
 Threads: an IExecutionContext must not be used by two threads at once (TensorRT developer guide, "Thread
 Safety"). A run takes a context, with its own stream and buffers, from a pool and puts it back after; a
@@ -36,11 +36,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from rsd.backends.base import Upscaler, check_tiles
+from rsd.backends.cuda_ops import CudaOps, TorchCuda
 from rsd.backends.device import Device
 from rsd.backends.exported import (
     INPUT_NAMES,
@@ -174,79 +175,6 @@ def profile_batch(engine: Any, inputs: Sequence[IOTensor]) -> tuple[int, int]:
 def _check(ok: bool, call: str) -> None:
     if not ok:
         raise RuntimeError(f"TensorRT {call} failed (see the TensorRT log above)")
-
-
-# -- CUDA memory and streams --------------------------------------------------------------------------
-
-
-class CudaOps(Protocol):
-    """The CUDA operations a run needs: torch's in production (TorchCuda), a recorder in the tests."""
-
-    def activate(self) -> None:
-        """Make the device current in the calling thread."""
-
-    def new_stream(self) -> Any: ...
-
-    def stream_handle(self, stream: Any) -> int:
-        """The cudaStream_t handle of `stream`, for execute_async_v3."""
-
-    def device_buffer(self, shape: tuple[int, ...], dtype: np.dtype, stream: Any) -> Any: ...
-
-    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
-        """Pinned (page-locked) host memory, so that the copies are asynchronous on the stream."""
-
-    def host_array(self, buffer: Any) -> np.ndarray:
-        """A numpy view of a host buffer."""
-
-    def address(self, buffer: Any) -> int: ...
-
-    def copy_async(self, dst: Any, src: Any, rows: int, stream: Any) -> None:
-        """Copy the first `rows` rows of `src` into `dst`, queued on `stream`."""
-
-    def synchronize(self, stream: Any) -> None: ...
-
-
-class TorchCuda:
-    """CudaOps on torch: CUDA tensors and pinned CPU tensors, copies queued on the given stream."""
-
-    def __init__(self, device: str) -> None:
-        import torch
-
-        self._torch = torch
-        self.device = torch.device("cuda", Device.parse(device).index)
-
-    def activate(self) -> None:
-        self._torch.cuda.set_device(self.device)
-
-    def new_stream(self) -> Any:
-        return self._torch.cuda.Stream(device=self.device)
-
-    def stream_handle(self, stream: Any) -> int:
-        return int(stream.cuda_stream)
-
-    def _dtype(self, dtype: np.dtype) -> Any:
-        return self._torch.from_numpy(np.empty(0, dtype)).dtype
-
-    def device_buffer(self, shape: tuple[int, ...], dtype: np.dtype, stream: Any) -> Any:
-        # allocated on the stream that uses it, so the caching allocator ties the block to that stream
-        with self._torch.cuda.stream(stream):
-            return self._torch.empty(shape, dtype=self._dtype(dtype), device=self.device)
-
-    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> Any:
-        return self._torch.empty(shape, dtype=self._dtype(dtype), pin_memory=True)
-
-    def host_array(self, buffer: Any) -> np.ndarray:
-        return buffer.numpy()  # type: ignore[no-any-return]
-
-    def address(self, buffer: Any) -> int:
-        return int(buffer.data_ptr())
-
-    def copy_async(self, dst: Any, src: Any, rows: int, stream: Any) -> None:
-        with self._torch.cuda.stream(stream):
-            dst[:rows].copy_(src[:rows], non_blocking=True)
-
-    def synchronize(self, stream: Any) -> None:
-        stream.synchronize()
 
 
 # -- contexts -----------------------------------------------------------------------------------------
