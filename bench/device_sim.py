@@ -12,6 +12,11 @@ in turn. Busy fraction = time inside `run()` during the window / the window's wa
 pipelined worker and for the serial one it replaced (RSD_WORKER_PIPELINE=false), in alternating
 windows of the same run. Prints one line per window, writes JSON and a PNG, and ends with
 `busy new X.XX old Y.YY` (medians).
+
+`measure` serves any Upscaler, not only the simulated one: wrapped in a `BusyClock` (bench/gpu_check.py
+serves the torch backend on CUDA with it). Its window opens only once the client's first answer has
+arrived (plus `warmup_s`), so model loading, warm-up and CUDA-graph capture stay outside it, and its
+throughput counts the images whose answer arrived inside the window (the client reports the times).
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import numpy as np
 from PIL import Image
 
+from rsd.backends.base import Upscaler
 from rsd.spec import ModelSpec, read_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +47,53 @@ PHOTO_SIDES = (256, 384, 512, 640, 768, 1024)
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "motorcycle_left.png",
           "retina.jpg", "rocket.jpg", "ihc.png")  # fmt: skip
 RESULT_FORMATS = ("png", "webp")
+TINY_MODEL = REPO / "models" / "rsd-tiny"
+
+
+def _busy_within(intervals: Sequence[tuple[float, float]], start: float, stop: float) -> float:
+    return sum(max(0.0, min(b, stop) - max(a, start)) for a, b in intervals)
+
+
+class BusyDevice(Protocol):
+    """What `measure` serves: a tile runner that accounts the time spent inside its run()."""
+
+    spec: ModelSpec
+    name: str
+
+    def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray: ...
+
+    def busy_s(self, start: float, stop: float) -> float: ...
+
+    def close(self) -> None: ...
+
+
+class BusyClock:
+    """Wraps an Upscaler: every run() is timed, thread-safely, so that `busy_s` says how long the
+    device was in use. The caller owns the upscaler: close() here leaves it open (the embedded worker
+    closes what it served, and the same upscaler is measured directly in the same run)."""
+
+    def __init__(self, upscaler: Upscaler) -> None:
+        self.upscaler = upscaler
+        self.spec = upscaler.spec
+        self.name = upscaler.name
+        self._lock = threading.Lock()
+        self.intervals: list[tuple[float, float]] = []
+
+    def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+        started = time.perf_counter()
+        try:
+            return self.upscaler.run(lq_tiles, seeds)
+        finally:
+            with self._lock:
+                self.intervals.append((started, time.perf_counter()))
+
+    def busy_s(self, start: float, stop: float) -> float:
+        """Seconds inside run() between perf_counter times `start` and `stop`."""
+        with self._lock:
+            return _busy_within(self.intervals, start, stop)
+
+    def close(self) -> None:
+        pass
 
 
 class SimulatedDevice:
@@ -69,52 +123,78 @@ class SimulatedDevice:
     def busy_s(self, start: float, stop: float) -> float:
         """Seconds inside run() between perf_counter times `start` and `stop`."""
         with self._lock:
-            return sum(max(0.0, min(b, stop) - max(a, start)) for a, b in self.intervals)
+            return _busy_within(self.intervals, start, stop)
 
     def close(self) -> None:
         pass
 
 
-def photo_uploads(count: int) -> list[tuple[bytes, str]]:
-    """`count` (JPEG bytes, result format) pairs: sample photos at the sides of PHOTO_SIDES."""
-    import skimage.data  # the train extra; its sample photos ship with the package (no download)
+def photo_folder() -> Path:
+    """scikit-image's sample photos (the train extra ships them: no download)."""
+    import skimage.data
 
-    folder = Path(skimage.data.__file__).parent
+    return Path(skimage.data.__file__).parent
+
+
+def photo_uploads(
+    count: int,
+    sides: Sequence[int] = PHOTO_SIDES,
+    formats: Sequence[str] = RESULT_FORMATS,
+    folder: Path | None = None,
+) -> list[tuple[bytes, str]]:
+    """`count` (JPEG bytes, result format) pairs: the PHOTOS of `folder` (default: scikit-image's) at
+    the sides of `sides`, asking for `formats` in turn."""
+    folder = photo_folder() if folder is None else folder
     uploads = []
     for i in range(count):
-        side = PHOTO_SIDES[i % len(PHOTO_SIDES)]
+        side = sides[i % len(sides)]
         with Image.open(folder / PHOTOS[i % len(PHOTOS)]) as im:
             photo = im.convert("RGB")
         scale = side / max(photo.size)
         photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.Resampling.LANCZOS)
         buffer = io.BytesIO()
         photo.save(buffer, "JPEG", quality=90)
-        uploads.append((buffer.getvalue(), RESULT_FORMATS[i % len(RESULT_FORMATS)]))
+        uploads.append((buffer.getvalue(), formats[i % len(formats)]))
     return uploads
 
 
-def _client(base: str, uploads: list[tuple[bytes, str]], concurrency: int, window_s: float, out: object) -> None:
-    """Closed loop in its own process: `concurrency` clients, each sends the next upload when its last returns."""
+def _client(
+    base: str, uploads: list[tuple[bytes, str]], concurrency: int, window_s: float, out: object, first_s: float
+) -> None:
+    """Closed loop in its own process: `concurrency` clients, each sends the next upload when its last
+    returns, until `window_s` after the first answer (or `first_s` without one). Reports (done, failed,
+    latencies, the perf_counter time of each successful answer, the first answer's time): perf_counter
+    is CLOCK_MONOTONIC on Linux, one clock for every process, so the parent can place them in its window."""
 
-    async def loop() -> tuple[int, int, list[float]]:
-        done, failed, latencies = 0, 0, []
-        stop_at = time.perf_counter() + window_s
+    async def loop() -> tuple[int, int, list[float], list[float], float | None]:
+        done, failed, latencies, finished = 0, 0, [], []
+        first: float | None = None
+        give_up = time.perf_counter() + first_s
+
+        def open_() -> bool:
+            return time.perf_counter() < (give_up if first is None else first + window_s)
 
         async def one(index: int, http: httpx.AsyncClient) -> None:
-            nonlocal done, failed
+            nonlocal done, failed, first
             i = index
-            while time.perf_counter() < stop_at:
+            while open_():
                 data, fmt = uploads[i % len(uploads)]
                 started = time.perf_counter()
                 files = {"image": ("photo.jpg", data, "image/jpeg")}
                 response = await http.post("/upscale", files=files, params={"seed": i, "format": fmt})
-                latencies.append(time.perf_counter() - started)
-                done, failed = (done + 1, failed) if response.status_code == 200 else (done, failed + 1)
+                now = time.perf_counter()
+                first = now if first is None else first
+                latencies.append(now - started)
+                if response.status_code == 200:
+                    done += 1
+                    finished.append(now)
+                else:
+                    failed += 1
                 i += concurrency
 
         async with httpx.AsyncClient(base_url=base, timeout=600) as http:
             await asyncio.gather(*(one(k, http) for k in range(concurrency)))
-        return done, failed, latencies
+        return done, failed, latencies, finished, first
 
     out.put(asyncio.run(loop()))  # type: ignore[attr-defined]
 
@@ -126,12 +206,23 @@ class Window:
     images_per_s: float
     failed: int
     wall_s: float
+    #: images whose answer arrived inside the window
+    images: int = 0
 
 
 def measure(
-    device: SimulatedDevice, uploads: list[tuple[bytes, str]], pipeline: bool, window_s: float, warmup_s: float
+    device: BusyDevice,
+    uploads: list[tuple[bytes, str]],
+    pipeline: bool,
+    window_s: float,
+    warmup_s: float,
+    *,
+    model_dir: Path = TINY_MODEL,
+    batch: int = 8,
+    ready_timeout_s: float = 10.0,
 ) -> Window:
-    """One embedded server with `device`, saturated for `warmup_s` then measured for `window_s`."""
+    """One embedded server serving `device` (whose spec is `model_dir`'s) with batches of `batch`,
+    saturated; the window opens `warmup_s` after the first answer and lasts `window_s`."""
     import uvicorn
 
     from loadtests.local_stack import free_port
@@ -141,18 +232,19 @@ def measure(
     from service.settings import ServiceSettings
 
     settings = ServiceSettings(
-        model_dir=REPO / "models" / "rsd-tiny", redis_url=None, worker_pipeline=pipeline,
-        max_batch_tiles=8, fixed_batch=8, max_backlog_tiles=1_000_000, default_deadline_s=3000.0,
+        model_dir=model_dir, redis_url=None, worker_pipeline=pipeline,
+        max_batch_tiles=batch, fixed_batch=batch, max_backlog_tiles=1_000_000, default_deadline_s=3000.0,
         max_input_pixels=1100 * 1100,
     )  # fmt: skip
     queue = inprocess_queue(settings)
-    app = create_app(settings, queue, WorkerThread(lambda: device, queue, settings))
+    app = create_app(settings, queue, WorkerThread(lambda: device, queue, settings))  # type: ignore[arg-type]
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    for _ in range(200):
+    ready_by = time.perf_counter() + ready_timeout_s
+    while time.perf_counter() < ready_by:  # readyz: the worker has loaded and warmed the model
         try:
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 break
@@ -162,18 +254,21 @@ def measure(
     concurrency = settings.claim_max_jobs + 4  # more jobs than the worker holds: it never runs dry
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    client = context.Process(target=_client, args=(base, uploads, concurrency, warmup_s + window_s, results))
+    client_args = (base, uploads, concurrency, warmup_s + window_s, results, ready_timeout_s + 600)
+    client = context.Process(target=_client, args=client_args)
     client.start()
-    time.sleep(warmup_s)
-    start = time.perf_counter()
-    time.sleep(window_s)
-    stop = time.perf_counter()
+    try:
+        _, failed, _, finished, first = results.get(timeout=ready_timeout_s + 1200 + warmup_s + window_s)
+    finally:
+        client.join(60)
+        server.should_exit = True
+        thread.join(60)
+    if first is None:
+        raise RuntimeError(f"the service at {base} gave no answer")
+    start, stop = first + warmup_s, first + warmup_s + window_s
+    images = sum(start < t <= stop for t in finished)
     busy = device.busy_s(start, stop) / (stop - start)
-    done, failed, _ = results.get(timeout=600)
-    client.join(60)
-    server.should_exit = True
-    thread.join(60)
-    return Window("new" if pipeline else "old", busy, done / (warmup_s + window_s), failed, stop - start)
+    return Window("new" if pipeline else "old", busy, images / (stop - start), failed, stop - start, images)
 
 
 def plot(windows: list[Window], ms_per_tile: float, path: Path) -> None:
