@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import platform
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from service import heap
+from service.jobs import Job, JobParams, new_job_id
 from service.queue.inprocess import InProcessQueue
 from service.settings import ServiceSettings
 
@@ -75,3 +77,30 @@ def test_the_setting_reads_rsd_heap_trim(monkeypatch: pytest.MonkeyPatch) -> Non
     assert ServiceSettings().heap_trim is True
     monkeypatch.setenv("RSD_HEAP_TRIM", "false")
     assert ServiceSettings().heap_trim is False
+
+
+def test_while_jobs_are_in_hand_the_trim_waits_for_its_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trim's pages are faulted in again by the next jobs: under load it runs at most every
+    busy_trim_interval_s, and at the first sweep once the queue is idle."""
+    trims: list[float] = []
+    monkeypatch.setattr(heap, "trim", lambda: trims.append(time.monotonic()) or True)
+
+    async def run() -> None:
+        queue = InProcessQueue(64, 2.0, sweep_interval_s=0.01, busy_trim_interval_s=0.3)
+        await queue.start()
+        params = JobParams(format="png", quality=90, seed=5, tile=32, overlap=8, model="m")
+        submitted = await queue.submit(Job(new_job_id(), params, b"input", 1, time.time() + 30, 16, 16))
+        started = time.monotonic()
+        await asyncio.sleep(0.5)
+        busy = [t - started for t in trims]
+        claimed = queue.claim(1, max_wait_s=1.0)
+        assert [job.id for job in claimed] == [submitted.job_id]
+        queue.fail(claimed[0], "test", "ended")
+        ended = time.monotonic()
+        await asyncio.sleep(0.1)
+        idle = [t for t in trims if t > ended]
+        await queue.aclose()
+        assert len(busy) == 1 and 0.25 < busy[0] < 0.45, busy  # one trim, once the interval passed
+        assert len(idle) >= 3, idle  # idle: every sweep
+
+    asyncio.run(run())
