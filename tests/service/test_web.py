@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -35,6 +36,12 @@ def _embedded_app(model_dir: Path):  # type: ignore[no-untyped-def]
     return create_app(settings, queue, WorkerThread(lambda: upscaler, queue, settings))
 
 
+def wait_for_sizes(page: Any) -> None:
+    """The page writes the sizes once the comparison's second copy of the result has loaded too
+    (app.js showResult), a moment after #result itself: wait for them, do not race them."""
+    page.wait_for_function("document.getElementById('after-size').textContent !== ''", timeout=30_000)
+
+
 def test_page_upscales_an_upload_and_offers_the_download(fake_model: Path, tmp_path: Path) -> None:
     source = tmp_path / "photo.png"
     source.write_bytes(png_bytes(30, 20, seed=8))
@@ -52,6 +59,7 @@ def test_page_upscales_an_upload_and_offers_the_download(fake_model: Path, tmp_p
                 "[document.getElementById('result').naturalWidth, document.getElementById('result').naturalHeight]"
             )
             assert size == [120, 80]
+            wait_for_sizes(page)
             assert page.text_content("#after-size") == "120×80"
             assert page.text_content("#before-size") == "30×20"
             assert "seed" in (page.text_content("#details") or "")
@@ -126,6 +134,7 @@ def test_page_picks_the_model_and_the_output_scale(tmp_path: Path) -> None:
             page.fill("#outscale", "2.5")
             page.set_input_files("#file", str(source))
             page.wait_for_function("document.getElementById('result').naturalWidth > 0", timeout=30_000)
+            wait_for_sizes(page)
             assert page.text_content("#after-size") == "75×50"  # floor(30 x 2.5) x floor(20 x 2.5)
             with page.expect_download() as download_info:
                 page.click("#download")
