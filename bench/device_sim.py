@@ -50,10 +50,6 @@ RESULT_FORMATS = ("png", "webp")
 TINY_MODEL = REPO / "models" / "rsd-tiny"
 
 
-def _busy_within(intervals: Sequence[tuple[float, float]], start: float, stop: float) -> float:
-    return sum(max(0.0, min(b, stop) - max(a, start)) for a, b in intervals)
-
-
 class BusyDevice(Protocol):
     """What `measure` serves: a tile runner that accounts the time spent inside its run()."""
 
@@ -67,45 +63,54 @@ class BusyDevice(Protocol):
     def close(self) -> None: ...
 
 
-class BusyClock:
-    """Wraps an Upscaler: every run() is timed, thread-safely, so that `busy_s` says how long the
-    device was in use. The caller owns the upscaler: close() here leaves it open (the embedded worker
-    closes what it served, and the same upscaler is measured directly in the same run)."""
+class _BusyAccount:
+    """The intervals spent inside run(), recorded thread-safely; close() releases nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.intervals: list[tuple[float, float]] = []
+
+    def _record(self, started: float) -> None:
+        with self._lock:
+            self.intervals.append((started, time.perf_counter()))
+
+    def busy_s(self, start: float, stop: float) -> float:
+        """Seconds inside run() between perf_counter times `start` and `stop`."""
+        with self._lock:
+            return sum(max(0.0, min(b, stop) - max(a, start)) for a, b in self.intervals)
+
+    def close(self) -> None:
+        pass
+
+
+class BusyClock(_BusyAccount):
+    """Wraps an Upscaler: every run() is timed, so that `busy_s` says how long the device was in use.
+    The caller owns the upscaler: close() here leaves it open (the embedded worker closes what it
+    served, and the same upscaler is measured directly in the same run)."""
 
     def __init__(self, upscaler: Upscaler) -> None:
+        super().__init__()
         self.upscaler = upscaler
         self.spec = upscaler.spec
         self.name = upscaler.name
-        self._lock = threading.Lock()
-        self.intervals: list[tuple[float, float]] = []
 
     def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
         started = time.perf_counter()
         try:
             return self.upscaler.run(lq_tiles, seeds)
         finally:
-            with self._lock:
-                self.intervals.append((started, time.perf_counter()))
-
-    def busy_s(self, start: float, stop: float) -> float:
-        """Seconds inside run() between perf_counter times `start` and `stop`."""
-        with self._lock:
-            return _busy_within(self.intervals, start, stop)
-
-    def close(self) -> None:
-        pass
+            self._record(started)
 
 
-class SimulatedDevice:
+class SimulatedDevice(_BusyAccount):
     """An Upscaler whose run() takes `ms_per_tile` per tile of the batch; thread-safe busy accounting."""
 
     name = "simulated"
 
     def __init__(self, spec: ModelSpec, ms_per_tile: float) -> None:
+        super().__init__()
         self.spec = spec
         self.seconds_per_tile = ms_per_tile / 1000
-        self._lock = threading.Lock()
-        self.intervals: list[tuple[float, float]] = []
 
     def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
         started = time.perf_counter()
@@ -121,17 +126,8 @@ class SimulatedDevice:
         remaining = n * self.seconds_per_tile - (time.perf_counter() - started)
         if remaining > 0:
             time.sleep(remaining)
-        with self._lock:
-            self.intervals.append((started, time.perf_counter()))
+        self._record(started)
         return out
-
-    def busy_s(self, start: float, stop: float) -> float:
-        """Seconds inside run() between perf_counter times `start` and `stop`."""
-        with self._lock:
-            return _busy_within(self.intervals, start, stop)
-
-    def close(self) -> None:
-        pass
 
 
 def photo_folder() -> Path:

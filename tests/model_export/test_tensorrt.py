@@ -22,13 +22,12 @@ from model_export import to_tensorrt
 from model_export.to_tensorrt import EngineBuild, build_engine, profile_shapes, read_onnx_facts
 from rsd.backends import load_upscaler
 from rsd.backends import tensorrt_backend as trt_backend
-from rsd.backends.exported import BatchProfile, EngineMeta, ExportMismatchError, RuntimeInfo, write_engine_meta
+from rsd.backends.exported import BatchProfile, ExportMismatchError, RuntimeInfo
 from rsd.backends.tensorrt_backend import TensorRTUpscaler
 from rsd.spec import read_spec
 from rsd_cli import export as export_cli
 from tests.model_export.conftest import TILE
-
-H100 = RuntimeInfo(tensorrt_version="10.3.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
+from tests.model_export.engines import H100, write_stand_in_engine
 
 
 class FakeTensorRT(types.ModuleType):
@@ -114,23 +113,7 @@ def work(tiny_dir: Path, tmp_path: Path) -> Path:
 
 
 def _fake_engine(work: Path, **changes: Any) -> Path:
-    spec = read_spec(work)
-    engine = work / "export" / "tile32.fp16.plan"
-    engine.write_bytes(b"not a real engine")
-    meta = EngineMeta(
-        engine_file=engine.name,
-        onnx_file="tile32.onnx",
-        tile=TILE,
-        schedule_hash=spec.schedule_hash,
-        model_name=spec.name,
-        precision=["fp16"],
-        batch_profile=BatchProfile(min=1, opt=2, max=4),
-        workspace_bytes=2**30,
-        runtime=H100,
-        build_seconds=1.0,
-    )
-    write_engine_meta(engine, meta.model_copy(update=changes))
-    return engine
+    return write_stand_in_engine(work, **changes)
 
 
 def test_batch_profile_must_be_ordered() -> None:

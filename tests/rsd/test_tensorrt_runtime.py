@@ -24,13 +24,13 @@ from hypothesis import strategies as st
 from model_export import to_tensorrt
 from model_export.to_tensorrt import EngineBuild, OnnxFacts, builder_flag
 from rsd.backends import tensorrt_backend as trt_backend
-from rsd.backends.exported import BatchProfile, EngineMeta, ExportMismatchError, RuntimeInfo, write_engine_meta
+from rsd.backends.exported import BatchProfile, ExportMismatchError
 from rsd.backends.tensorrt_backend import EngineRunner, TensorRTUpscaler, chunk_bounds, numpy_dtype
 from rsd.noise import draw_noise_batch
 from rsd.spec import read_spec
 from tests.factories import make_tiny_artifact
+from tests.model_export.engines import H100, write_stand_in_engine
 
-H100 = RuntimeInfo(tensorrt_version="10.3.0", gpu_name="NVIDIA H100 80GB HBM3", compute_capability="9.0")
 TILE = 32
 
 Compute = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -450,23 +450,8 @@ def _upscaler(
             return engine if deserialized else None
 
     trt.Runtime = Runtime
-    plan = artifact / "export" / "tile32.fp16.plan"
-    plan.parent.mkdir(exist_ok=True)
-    plan.write_bytes(b"stand-in")
     low, opt, high = meta_profile
-    meta = EngineMeta(
-        engine_file=plan.name,
-        onnx_file="tile32.onnx",
-        tile=TILE,
-        schedule_hash=spec.schedule_hash,
-        model_name=spec.name,
-        precision=["fp16"],
-        batch_profile=BatchProfile(min=low, opt=opt, max=high),
-        workspace_bytes=2**30,
-        runtime=H100,
-        build_seconds=1.0,
-    )
-    write_engine_meta(plan, meta)
+    plan = write_stand_in_engine(artifact, batch_profile=BatchProfile(min=low, opt=opt, max=high))
     monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: trt)
     monkeypatch.setattr(trt_backend, "runtime_info", lambda trt, device: H100)
     return TensorRTUpscaler(artifact, TILE, engine_path=plan, cuda=cuda), engine
