@@ -112,10 +112,6 @@ def work(tiny_dir: Path, tmp_path: Path) -> Path:
     return shutil.copytree(tiny_dir, tmp_path / "work")
 
 
-def _fake_engine(work: Path, **changes: Any) -> Path:
-    return write_stand_in_engine(work, **changes)
-
-
 def test_batch_profile_must_be_ordered() -> None:
     with pytest.raises(ValueError, match="min <= opt <= max"):
         BatchProfile(min=4, opt=2, max=8)
@@ -212,7 +208,7 @@ def test_engine_for_another_tile_or_schedule_is_refused_without_tensorrt(
     work: Path, monkeypatch: pytest.MonkeyPatch, changes: dict, message: str
 ) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # refused before TensorRT is needed
-    engine = _fake_engine(work, **changes)
+    engine = write_stand_in_engine(work, **changes)
     with pytest.raises(ExportMismatchError, match=f"{message}.*rebuild it on this machine: rsd export tensorrt"):
         TensorRTUpscaler(work, TILE, engine_path=engine)
 
@@ -233,12 +229,12 @@ def test_engine_for_another_gpu_or_tensorrt_is_refused(
     monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: FakeTensorRT())
     monkeypatch.setattr(trt_backend, "runtime_info", lambda trt, device: runtime)
     with pytest.raises(ExportMismatchError, match=f"{message}.*--fp16"):
-        TensorRTUpscaler(work, TILE, engine_path=_fake_engine(work))
+        TensorRTUpscaler(work, TILE, engine_path=write_stand_in_engine(work))
 
 
 def test_matching_engine_without_tensorrt_names_the_extra(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    _fake_engine(work)
+    write_stand_in_engine(work)
     with pytest.raises(RuntimeError, match=r"TensorRT is not installed: pip install 'rsd-serve\[tensorrt\]'"):
         load_upscaler(work, "tensorrt", device="cuda", dtype="fp16", tile=TILE)
 
