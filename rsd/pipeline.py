@@ -8,7 +8,7 @@ service batches across requests) and the image is the same bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,8 +53,9 @@ def finish_image(
     return blend_to_uint8(sr_tiles, prepared.grid, scale, mode=blend)
 
 
-def run_tiles(upscaler: TileRunner, tiles: np.ndarray, seeds: Sequence[int], batch: int) -> np.ndarray:
-    """Run tiles through `upscaler` in batches of exactly `batch` (the last one padded with blank tiles).
+def run_tile_chunks(upscaler: TileRunner, tiles: np.ndarray, seeds: Sequence[int], batch: int) -> Iterator[np.ndarray]:
+    """Run tiles through `upscaler` in batches of exactly `batch` (the last one padded with blank tiles),
+    yielding each call's outputs (the padding dropped) as it returns.
 
     Kernels pick different algorithms for different batch sizes (oneDNN, cuDNN, TensorRT tactics), which
     moves results by ~1e-4 and can flip a VQ code or a rounded pixel. A constant batch size makes a
@@ -66,15 +67,18 @@ def run_tiles(upscaler: TileRunner, tiles: np.ndarray, seeds: Sequence[int], bat
     n = len(seeds)
     if len(tiles) != n:
         raise ValueError(f"{len(tiles)} tiles but {n} seeds")
-    outputs = []
     for start in range(0, n, batch):
         chunk, chunk_seeds = tiles[start : start + batch], list(seeds[start : start + batch])
         missing = batch - len(chunk_seeds)
         if missing:
             chunk = np.concatenate([chunk, np.zeros((missing, *chunk.shape[1:]), chunk.dtype)])
             chunk_seeds += [0] * missing
-        outputs.append(upscaler.run(chunk, chunk_seeds)[: batch - missing])
-    return np.concatenate(outputs)
+        yield upscaler.run(chunk, chunk_seeds)[: batch - missing]
+
+
+def run_tiles(upscaler: TileRunner, tiles: np.ndarray, seeds: Sequence[int], batch: int) -> np.ndarray:
+    """`run_tile_chunks` joined into one (N, 3, s*t, s*t) array."""
+    return np.concatenate(list(run_tile_chunks(upscaler, tiles, seeds, batch)))
 
 
 def choose_tile(spec: ModelSpec, height: int, width: int, tile: int | None) -> int:

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rsd.imagefile import DEFAULT_PNG_COMPRESS_LEVEL, DEFAULT_WEBP_METHOD, PNG_COMPRESS_LEVELS, WEBP_METHODS
 from rsd.kinds import BUNDLED_MODEL, BackendKind, DTypeChoice, OutputFormat
 
 #: a model's name: in URLs (`?model=`), Redis keys (`{prefix}:jobs:{name}`) and metric labels
@@ -79,6 +80,11 @@ class ServiceSettings(BaseSettings):
     max_output_pixels: int = Field(default=64_000_000, gt=0)
     default_format: OutputFormat = "png"
     default_quality: int = Field(default=90, ge=1, le=100)
+    #: encoder effort (serving.md "Output encoding"): zlib level of PNG results, libwebp method of WebP
+    png_compress_level: int = Field(
+        default=DEFAULT_PNG_COMPRESS_LEVEL, ge=PNG_COMPRESS_LEVELS.start, le=PNG_COMPRESS_LEVELS.stop - 1
+    )
+    webp_method: int = Field(default=DEFAULT_WEBP_METHOD, ge=WEBP_METHODS.start, le=WEBP_METHODS.stop - 1)
 
     # --- admission and deadlines (serving.md "Admission") ---
     max_backlog_tiles: int = Field(default=512, gt=0)

@@ -20,7 +20,7 @@ backend (a CUDA launch, a torch CPU kernel, a sleep), so plain threads overlap t
 worker this one replaced, kept as the benchmarks' baseline and for debugging.
 
 Batching never changes a result: a tile's output depends only on its pixels and its seed (the fixed
-batch of rsd.pipeline.run_tiles). Out of memory (or any error in a batch): the batch is split in
+batch of rsd.pipeline.run_tile_chunks). Out of memory (or any error in a batch): the batch is split in
 halves and retried, so a bad tile fails its own job only; after an out-of-memory the batch cap stays
 halved. Stop (SIGTERM): the claimer stops, the jobs in hand finish, run() returns.
 
@@ -44,7 +44,7 @@ import numpy as np
 
 from rsd.imagefile import DecodedImage, ImageError, encode_image, read_image
 from rsd.outscale import output_size
-from rsd.pipeline import PreparedImage, finish_image, prepare_image, run_tiles
+from rsd.pipeline import PreparedImage, finish_image, prepare_image, run_tile_chunks
 from rsd.precision import dtype_in_name
 from service import metrics
 from service.batching import BatchSlice, PendingTiles, next_batch
@@ -384,7 +384,9 @@ class Worker:
     def _run_split(self, tiles: np.ndarray, seeds: list[int]) -> list[np.ndarray | BaseException]:
         """Run a batch; on failure retry its halves (OOM: serving.md), down to single tiles."""
         try:
-            return list(run_tiles(self.upscaler, tiles, seeds, self.fixed_batch))
+            # rows of each call's output as they are (no joined copy): a large copy between model calls
+            # releases the GIL, and winning it back can cost the device thread several switch intervals
+            return [row for chunk in run_tile_chunks(self.upscaler, tiles, seeds, self.fixed_batch) for row in chunk]
         except Exception as exc:
             if len(seeds) == 1:
                 log.error("a tile failed alone: %s", exc)
@@ -410,7 +412,10 @@ class Worker:
             sr_rgb = finish_image(active.outputs, active.prepared, self.upscaler.spec.scale)  # type: ignore[arg-type]
             started = time.perf_counter()
             params = job.params
-            data = encode_image(sr_rgb, active.decoded, params.format, params.quality, outscale=params.outscale)
+            data = encode_image(
+                sr_rgb, active.decoded, params.format, params.quality, outscale=params.outscale,
+                png_compress_level=self.settings.png_compress_level, webp_method=self.settings.webp_method,
+            )  # fmt: skip
             encode_s = time.perf_counter() - started
             source = active.decoded
             height, width = output_size(source.height, source.width, params.outscale, self.upscaler.spec.scale)

@@ -339,6 +339,32 @@ def test_quality_validated(quality: object) -> None:
         encode_image(upscale4(source.rgb), source, "jpeg", quality=quality)  # type: ignore[arg-type]
 
 
+def test_png_level_trades_bytes_and_stays_lossless() -> None:
+    source = rgb_source(32, 32)
+    sr = np.ascontiguousarray(upscale4(source.rgb) // 8 * 8)  # compressible, so the levels differ
+    stored, fast, small = (encode_image(sr, source, "png", png_compress_level=level) for level in (0, 1, 9))
+    assert len(stored) > len(fast) > len(small)
+    for data in (stored, fast, small):
+        assert np.array_equal(np.asarray(decode_pillow(data).convert("RGB")), sr)
+
+
+def test_webp_method_is_applied() -> None:
+    source = rgb_source(32, 32)
+    sr = upscale4(source.rgb)
+    assert encode_image(sr, source, "webp", webp_method=0) != encode_image(sr, source, "webp", webp_method=6)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("png_compress_level", -1), ("png_compress_level", 10), ("png_compress_level", True),
+     ("webp_method", 7), ("webp_method", 1.0)],
+)  # fmt: skip
+def test_encoder_effort_validated(option: str, value: object) -> None:
+    source = rgb_source()
+    with pytest.raises(ValueError, match=option):
+        encode_image(upscale4(source.rgb), source, "png", **{option: value})  # type: ignore[arg-type]
+
+
 def test_encode_rejects_size_mismatch() -> None:
     source = rgb_source(4, 4)
     with pytest.raises(ValueError, match="multiple"):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from rsd.backends import load_upscaler
 from rsd.imageops import pad_to, to_model_range, to_uint8
 from rsd.noise import tile_seed
-from rsd.pipeline import run_tiles, upscale_array
+from rsd.pipeline import run_tile_chunks, run_tiles, upscale_array
 from rsd.spec import ModelSpec
 from tests.factories import make_tiny_artifact, tiny_weights
 
@@ -79,6 +79,32 @@ def test_pasting_without_overlap_breaks_that_bound():
     untiled = upscale_array(up, img, seed=0, tile=112, overlap=0).astype(int)
     tiled = upscale_array(up, img, seed=0, tile=32, overlap=0).astype(int)
     assert np.abs(tiled - untiled).max() > 1
+
+
+class RecordingRunner:
+    """x4 nearest neighbour that keeps every batch it was given and every array it returned."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, list[int]]] = []
+        self.returned: list[np.ndarray] = []
+
+    def run(self, lq_tiles: np.ndarray, seeds: Sequence[int]) -> np.ndarray:
+        self.calls.append((lq_tiles.copy(), list(seeds)))
+        self.returned.append(lq_tiles.repeat(4, axis=2).repeat(4, axis=3))
+        return self.returned[-1]
+
+
+def test_run_tile_chunks_pads_every_call_and_yields_its_outputs_uncopied() -> None:
+    tiles = np.random.default_rng(1).uniform(-1, 1, (5, 3, 8, 8)).astype(np.float32)
+    runner = RecordingRunner()
+    chunks = list(run_tile_chunks(runner, tiles, [10, 11, 12, 13, 14], batch=2))
+    assert [len(c) for c in chunks] == [2, 2, 1] and [len(t) for t, _ in runner.calls] == [2, 2, 2]
+    assert runner.calls[-1][1] == [14, 0] and not runner.calls[-1][0][1].any()  # blank padding tile, seed 0
+    for chunk, returned in zip(chunks, runner.returned, strict=True):
+        assert np.shares_memory(chunk, returned)  # no copy between model calls (serving.md "Worker loop")
+    assert np.array_equal(np.concatenate(chunks), run_tiles(RecordingRunner(), tiles, [10, 11, 12, 13, 14], 2))
+    with pytest.raises(ValueError, match="5 tiles but 4 seeds"):
+        list(run_tile_chunks(runner, tiles, [1, 2, 3, 4], batch=2))
 
 
 def test_fixed_batch_makes_results_independent_of_batch_companions(tiny):

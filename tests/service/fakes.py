@@ -126,13 +126,16 @@ def fcfs_next_batch(
     return BatchDecision(take=tuple(take), wait_s=0.0)
 
 
-def reference_bytes(data: bytes, seed: int, fmt: str = "png", quality: int = 90, tile: int | None = None) -> bytes:
-    """The backend called directly on one image: what the service must return for (image, seed)."""
+def reference_bytes(
+    data: bytes, seed: int, fmt: str = "png", quality: int = 90, tile: int | None = None, **effort: int
+) -> bytes:
+    """The backend called directly on one image: what the service must return for (image, seed);
+    `effort`: encode_image's png_compress_level / webp_method, when the service sets them."""
     decoded = read_image(data)
     tile = tile or FAKE_SPEC.default_tile
     overlap = min(FAKE_SPEC.default_overlap, tile // 2)
     sr = upscale_array(FakeUpscaler(), decoded.rgb, seed, tile=tile, overlap=overlap)
-    return encode_image(sr, decoded, fmt, quality)  # type: ignore[arg-type]
+    return encode_image(sr, decoded, fmt, quality, **effort)  # type: ignore[arg-type]
 
 
 def first_tile_seed(seed: int) -> int:
