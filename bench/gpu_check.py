@@ -212,7 +212,7 @@ def measure_service(run: Run, model_dir: Path, photos: Path | None) -> None:
 
         import service.api  # noqa: F401
         from rsd.imagefile import read_image
-        from rsd.pipeline import prepare_image, run_tiles
+        from rsd.pipeline import prepare_image, run_tile_chunks
     except ImportError as exc:
         report.service_note = f"not run: {exc} ({os.environ.get('GPU_CHECK_INSTALL_NOTE', 'serve packages missing')})"
         return
@@ -232,12 +232,15 @@ def measure_service(run: Run, model_dir: Path, photos: Path | None) -> None:
                 enumerate(uploads)]  # fmt: skip
     tiles = np.concatenate([p.tiles for p in prepared])
     seeds = [s for p in prepared for s in p.seeds]
-    run_tiles(up, tiles[:batch], seeds[:batch], batch)  # warm-up / capture
+    for _ in run_tile_chunks(up, tiles[:batch], seeds[:batch], batch):  # warm-up / capture
+        pass
     # Direct: the device-bound rate, the tiles of every photo in batches of `batch` across photos as the
-    # worker batches them; decoding, blending and encoding are the service's CPU work around the device.
+    # worker batches them (each call's outputs kept as they come, as the worker's device stage does);
+    # decoding, blending and encoding are the service's CPU work around the device.
     done, started = 0, time.perf_counter()
     while done == 0 or time.perf_counter() - started < cfg.direct_min_s:
-        run_tiles(up, tiles, seeds, batch)
+        for _ in run_tile_chunks(up, tiles, seeds, batch):
+            pass
         done += len(prepared)
     direct = done / (time.perf_counter() - started)
     run.stage(f"direct: {direct:.3f} images/s ({len(tiles) / len(prepared):.0f} tiles per photo)")

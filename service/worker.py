@@ -386,6 +386,7 @@ class Worker:
         try:
             # rows of each call's output as they are (no joined copy): a large copy between model calls
             # releases the GIL, and winning it back can cost the device thread several switch intervals
+            # (serving.md "Worker loop")
             return [row for chunk in run_tile_chunks(self.upscaler, tiles, seeds, self.fixed_batch) for row in chunk]
         except Exception as exc:
             if len(seeds) == 1:
