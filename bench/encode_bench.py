@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -52,7 +53,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255**2 / max(mse, 1e-12))
 
 
-def measure(photos: int, repeats: int) -> list[dict[str, object]]:
+def measure(photos: int, repeats: int) -> list[dict[str, Any]]:
     rows = []
     for name in PHOTOS[:photos]:
         sr, source_bytes = stand_in_result(name)
@@ -64,7 +65,7 @@ def measure(photos: int, repeats: int) -> list[dict[str, object]]:
                 started = time.perf_counter()
                 data = encode_image(sr, source, fmt, 90, **option)  # type: ignore[arg-type]
                 best = min(best, time.perf_counter() - started)
-            row: dict[str, object] = {"photo": name, "pixels": sr.shape[0] * sr.shape[1], "format": fmt,
+            row: dict[str, Any] = {"photo": name, "pixels": sr.shape[0] * sr.shape[1], "format": fmt,
                                       "setting": value, "seconds": best, "bytes": len(data)}  # fmt: skip
             if fmt == "webp":
                 with Image.open(io.BytesIO(data)) as decoded:
@@ -75,29 +76,25 @@ def measure(photos: int, repeats: int) -> list[dict[str, object]]:
     return rows
 
 
-def summarise(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per setting: the median over photos of time and bytes relative to the library default's."""
+    by_key = {(r["photo"], r["format"], r["setting"]): r for r in rows}
+    photos = sorted({r["photo"] for r in rows})
     table = []
     for fmt, value in SETTINGS:
-        speed, size, quality = [], [], []
-        for name in {str(r["photo"]) for r in rows}:
-            mine = next(r for r in rows if r["photo"] == name and r["format"] == fmt and r["setting"] == value)
-            base = next(
-                r for r in rows if r["photo"] == name and r["format"] == fmt and r["setting"] == LIBRARY_DEFAULTS[fmt]
-            )
-            speed.append(float(base["seconds"]) / float(mine["seconds"]))  # type: ignore[arg-type]
-            size.append(float(mine["bytes"]) / float(base["bytes"]))  # type: ignore[arg-type]
-            if "psnr_db" in mine:
-                quality.append(float(mine["psnr_db"]) - float(base["psnr_db"]))  # type: ignore[arg-type]
-        entry: dict[str, object] = {"format": fmt, "setting": value, "speedup": statistics.median(speed),
-                                    "bytes_ratio": statistics.median(size)}  # fmt: skip
-        if quality:
-            entry["psnr_delta_db"] = statistics.median(quality)
+        pairs = [(by_key[photo, fmt, value], by_key[photo, fmt, LIBRARY_DEFAULTS[fmt]]) for photo in photos]
+        entry = {
+            "format": fmt, "setting": value,
+            "speedup": statistics.median(base["seconds"] / mine["seconds"] for mine, base in pairs),
+            "bytes_ratio": statistics.median(mine["bytes"] / base["bytes"] for mine, base in pairs),
+        }  # fmt: skip
+        if fmt == "webp":
+            entry["psnr_delta_db"] = statistics.median(mine["psnr_db"] - base["psnr_db"] for mine, base in pairs)
         table.append(entry)
     return table
 
 
-def plot(table: list[dict[str, object]], path: Path) -> None:
+def plot(table: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,8 +103,8 @@ def plot(table: list[dict[str, object]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for fmt, marker in (("png", "o-"), ("webp", "s-")):
         entries = [e for e in table if e["format"] == fmt]
-        xs = [float(e["bytes_ratio"]) for e in entries]  # type: ignore[arg-type]
-        ys = [float(e["speedup"]) for e in entries]  # type: ignore[arg-type]
+        xs = [e["bytes_ratio"] for e in entries]
+        ys = [e["speedup"] for e in entries]
         name = "zlib level" if fmt == "png" else "libwebp method"
         ax.plot(xs, ys, marker, label=f"{fmt.upper()} ({name}; default here {OURS[fmt]})")
         for e, x, y in zip(entries, xs, ys, strict=True):
@@ -133,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     plot(table, options.out / "encode.png")
     print("format setting speed-up bytes PSNR-delta (vs the library default, median over photos)")
     for e in table:
-        delta = f" {float(e['psnr_delta_db']):+.2f} dB" if "psnr_delta_db" in e else ""  # type: ignore[arg-type]
-        mark = " <- default here" if OURS[str(e["format"])] == e["setting"] else ""
-        print(f"{e['format']} {e['setting']}: x{float(e['speedup']):.2f} {float(e['bytes_ratio']):.3f}{delta}{mark}")  # type: ignore[arg-type]
+        delta = f" {e['psnr_delta_db']:+.2f} dB" if "psnr_delta_db" in e else ""
+        mark = " <- default here" if OURS[e["format"]] == e["setting"] else ""
+        print(f"{e['format']} {e['setting']}: x{e['speedup']:.2f} {e['bytes_ratio']:.3f}{delta}{mark}")
     print(f"wrote {options.out / 'encode.json'} and {options.out / 'encode.png'}")
     return 0
 

@@ -29,9 +29,7 @@ from rsd.backends.tensorrt_backend import EngineRunner, TensorRTUpscaler, chunk_
 from rsd.noise import draw_noise_batch
 from rsd.spec import read_spec
 from tests.factories import make_tiny_artifact
-from tests.model_export.engines import H100, write_stand_in_engine
-
-TILE = 32
+from tests.model_export.engines import H100, TILE, write_stand_in_engine
 
 Compute = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
